@@ -1,0 +1,1 @@
+//! vxnet benchmark support.

@@ -1,0 +1,6 @@
+//! Fuzz `wire` virtio_net_hdr parsing: new_checked, every getter, Repr round trip, setters.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    vxnet_dataplane_fuzz::virtio_net_hdr(data);
+});

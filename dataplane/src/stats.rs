@@ -1,0 +1,204 @@
+//! Packet and drop counters.
+//!
+//! Every packet the router does not forward is counted under a named [`DropReason`]. Counters are
+//! per worker (each worker owns one [`WorkerStats`], so increments never contend between cores)
+//! and summed only when somebody reads them ([`StatsRegistry::snapshot`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// Why a packet was dropped. Each reason has its own counter.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(usize)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            /// How many reasons there are.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The stable, snake_case name shown by `vxnet stats` and in metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    // Egress: frames read from a network's TAP device.
+    ShortFrame => "short_frame", "A frame from the TAP is shorter than an Ethernet header.";
+    UnknownNetwork => "unknown_network", "A frame arrived on the TAP of a network this host no longer serves.";
+    LoopGuard => "loop_guard", "The source MAC lives on the other side (a frame came back, or a MAC is spoofed).";
+    NoRoute => "no_route", "Unicast to an unknown MAC and no remote member VTEP to flood to.";
+    TooBig => "too_big", "The frame is larger than the network's MTU allows on the underlay.";
+    // Ingress: datagrams from the underlay UDP socket.
+    ShortDatagram => "short_datagram", "A UDP payload shorter than a VXLAN header.";
+    BadVxlanFlags => "bad_vxlan_flags", "The VXLAN I flag is not set (RFC 7348: the frame must be dropped).";
+    UnknownVni => "unknown_vni", "A VNI this host is not a member of.";
+    NonMemberVtep => "non_member_vtep", "The outer source is not a member VTEP of the VNI (anti-spoofing).";
+    MalformedInner => "malformed_inner", "The inner frame is truncated or its L3 header is malformed.";
+    SourceMismatch => "source_mismatch", "The inner source MAC is registered behind a different VTEP.";
+    NotLocal => "not_local", "Unicast to a MAC that is not on this host.";
+    // I/O: the kernel refused a packet the router had accepted.
+    TapWriteError => "tap_write_error", "Writing a frame to a TAP device failed.";
+    UdpSendError => "udp_send_error", "Sending a datagram to a remote VTEP failed.";
+}
+
+/// Counters of one worker. Plain relaxed atomics: the owner is the only writer, so the cache
+/// line stays on its core; readers may see a slightly old value, which is fine for statistics.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl WorkerStats {
+    /// Counts one dropped packet.
+    #[inline]
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current count for one reason.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// The sum of all drop counters.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Per-network traffic counters, shared by the workers that move that network's packets.
+#[derive(Debug, Default)]
+pub struct NetworkCounters {
+    /// Frames received from the underlay and delivered to the network's TAP.
+    pub rx_packets: AtomicU64,
+    /// Bytes of the inner frames counted in `rx_packets`.
+    pub rx_bytes: AtomicU64,
+    /// Frames read from the TAP and sent to at least one remote VTEP.
+    pub tx_packets: AtomicU64,
+    /// Bytes of the inner frames counted in `tx_packets`.
+    pub tx_bytes: AtomicU64,
+    /// Requests answered locally by ARP/ND suppression.
+    pub suppressed: AtomicU64,
+}
+
+impl NetworkCounters {
+    #[inline]
+    pub(crate) fn add_rx(&self, bytes: usize) {
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn add_tx(&self, bytes: usize) {
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A plain copy of the counters.
+    pub fn read(&self) -> NetworkCountersSnapshot {
+        NetworkCountersSnapshot {
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            suppressed: self.suppressed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A point-in-time copy of [`NetworkCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkCountersSnapshot {
+    /// See [`NetworkCounters::rx_packets`].
+    pub rx_packets: u64,
+    /// See [`NetworkCounters::rx_bytes`].
+    pub rx_bytes: u64,
+    /// See [`NetworkCounters::tx_packets`].
+    pub tx_packets: u64,
+    /// See [`NetworkCounters::tx_bytes`].
+    pub tx_bytes: u64,
+    /// See [`NetworkCounters::suppressed`].
+    pub suppressed: u64,
+}
+
+/// All workers' counters, summed on read.
+#[derive(Debug, Default)]
+pub struct StatsRegistry {
+    // Locked only when a worker starts and when somebody reads: never on the packet path.
+    workers: Mutex<Vec<Arc<WorkerStats>>>,
+}
+
+impl StatsRegistry {
+    /// Creates an empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a new worker and returns its counters.
+    pub fn register_worker(&self) -> Arc<WorkerStats> {
+        let stats = Arc::new(WorkerStats::default());
+        self.workers_guard().push(Arc::clone(&stats));
+        stats
+    }
+
+    /// Sums every worker's drop counters into one map keyed by reason name (all reasons present).
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        let workers = self.workers_guard();
+        DropReason::ALL
+            .iter()
+            .map(|&reason| (reason.name(), workers.iter().map(|w| w.drops(reason)).sum()))
+            .collect()
+    }
+
+    fn workers_guard(&self) -> std::sync::MutexGuard<'_, Vec<Arc<WorkerStats>>> {
+        // A poisoned lock only means a reader panicked; the counters themselves are still valid.
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+
+    #[test]
+    fn registry_sums_workers() {
+        let registry = StatsRegistry::new();
+        let a = registry.register_worker();
+        let b = registry.register_worker();
+        a.count_drop(DropReason::UnknownVni);
+        b.count_drop(DropReason::UnknownVni);
+        b.count_drop(DropReason::ShortFrame);
+        let snap = registry.snapshot();
+        assert_eq!(snap["unknown_vni"], 2);
+        assert_eq!(snap["short_frame"], 1);
+        assert_eq!(snap["no_route"], 0);
+        assert_eq!(snap.len(), DropReason::COUNT);
+    }
+}
