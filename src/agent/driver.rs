@@ -1,0 +1,336 @@
+//! The Raft driver: one thread owns the [`Node`], ticks it, feeds it peer messages and proposals,
+//! and runs its Ready loop ([`Node::on_ready`]), then hands the results out: messages to the
+//! transport, applied results to the waiting callers, and a fresh read-only [`View`] of the state
+//! to everybody else (the API, the FIB and link reconcilers), published lock-free.
+//!
+//! A plain thread, not a tokio task: `on_ready` fsyncs, and a blocking call must never stall the
+//! runtime that serves the API and the peers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::{oneshot, watch};
+use vxnet_controlplane::node::{MemberStatus, Node};
+use vxnet_controlplane::state::{ApplyResult, State};
+use vxnet_controlplane::transport::Transport;
+use vxnet_proto::Proposal;
+
+/// A read-only picture of the node, republished after every Ready that changed something.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The replicated state as applied on this node.
+    pub state: Arc<State>,
+    /// This node's Raft id.
+    pub node_id: u64,
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// The leader this node knows of.
+    pub leader_id: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Configuration members (with progress, on the leader).
+    pub members: Vec<MemberStatus>,
+}
+
+/// What a proposal came to.
+#[derive(Debug)]
+pub enum ProposeOutcome {
+    /// Committed and applied on this node at `index`.
+    Applied {
+        /// Raft index.
+        index: u64,
+        /// The state machine's answer (boxed: responses carry whole records).
+        result: Box<ApplyResult>,
+    },
+    /// This node is not the leader; the leader it knows of, if any.
+    NotLeader(Option<u64>),
+}
+
+enum Input {
+    Raft(Box<Message>),
+    Unreachable(u64),
+    Propose {
+        proposal: Box<Proposal>,
+        reply: oneshot::Sender<ProposeOutcome>,
+    },
+}
+
+/// The driver went away (the node hit a fatal storage error).
+#[derive(Debug, thiserror::Error)]
+#[error("the Raft node has stopped")]
+pub struct DriverGone;
+
+/// A cheap, cloneable handle to the driver thread.
+#[derive(Clone, Debug)]
+pub struct DriverHandle {
+    tx: Sender<Input>,
+    view: Arc<ArcSwap<View>>,
+    applied: watch::Receiver<u64>,
+}
+
+impl DriverHandle {
+    /// The latest published view.
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// Feeds a Raft message from a peer.
+    pub fn step(&self, msg: Message) {
+        let _ = self.tx.send(Input::Raft(Box::new(msg)));
+    }
+
+    /// Reports a peer the transport cannot reach.
+    pub fn unreachable(&self, node_id: u64) {
+        let _ = self.tx.send(Input::Unreachable(node_id));
+    }
+
+    /// Proposes on this node; resolves when applied here, or at once when not the leader.
+    pub async fn propose(&self, proposal: Proposal) -> Result<ProposeOutcome, DriverGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Propose {
+                proposal: Box::new(proposal),
+                reply,
+            })
+            .map_err(|_| DriverGone)?;
+        rx.await.map_err(|_| DriverGone)
+    }
+
+    /// Waits until this node has applied `index` (read-your-writes); false on timeout.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|&applied| applied >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A receiver that changes whenever the applied index moves (wakes the reconcilers).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+}
+
+/// Starts the driver thread. `seed_peers` is the address book to use until the replicated state
+/// has hosts (a joining node learns the members from the join answer before its first snapshot).
+pub fn spawn(
+    node: Node,
+    transport: Transport,
+    tick: Duration,
+    seed_peers: BTreeMap<u64, String>,
+) -> (DriverHandle, JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let view = Arc::new(ArcSwap::from_pointee(view_of(
+        &node,
+        Arc::new(node.state().clone()),
+    )));
+    let (applied_tx, applied_rx) = watch::channel(node.applied_index());
+    let handle = DriverHandle {
+        tx,
+        view: Arc::clone(&view),
+        applied: applied_rx,
+    };
+    let driver = Driver {
+        node,
+        transport,
+        view,
+        applied: applied_tx,
+        waiters: HashMap::new(),
+        peers: BTreeMap::new(),
+        seed_peers,
+    };
+    let thread = std::thread::Builder::new()
+        .name("vxnet-raft".into())
+        .spawn(move || driver.run(rx, tick))
+        .unwrap_or_else(|e| {
+            tracing::error!("cannot start the Raft thread: {e}");
+            std::process::exit(70)
+        });
+    (handle, thread)
+}
+
+fn view_of(node: &Node, state: Arc<State>) -> View {
+    View {
+        state,
+        node_id: node.id(),
+        cluster_id: node.cluster_id(),
+        leader_id: node.leader_id(),
+        term: node.term(),
+        commit_index: node.commit_index(),
+        applied_index: node.applied_index(),
+        members: node.members(),
+    }
+}
+
+struct Driver {
+    node: Node,
+    transport: Transport,
+    view: Arc<ArcSwap<View>>,
+    applied: watch::Sender<u64>,
+    waiters: HashMap<Vec<u8>, Vec<oneshot::Sender<ProposeOutcome>>>,
+    peers: BTreeMap<u64, String>,
+    seed_peers: BTreeMap<u64, String>,
+}
+
+impl Driver {
+    fn run(mut self, rx: Receiver<Input>, tick: Duration) {
+        self.sync_peers();
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(input) => {
+                    self.handle(input);
+                    // Take what else is queued before running one Ready for all of it.
+                    for input in rx.try_iter().take(1024) {
+                        self.handle(input);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= next_tick {
+                self.node.tick();
+                next_tick += tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + tick;
+                }
+                self.waiters.retain(|_, senders| {
+                    senders.retain(|s| !s.is_closed());
+                    !senders.is_empty()
+                });
+            }
+            if self.node.has_ready() {
+                self.ready();
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Raft(msg) => {
+                if let Err(e) = self.node.step(*msg) {
+                    tracing::debug!("raft step: {e}");
+                }
+            }
+            Input::Unreachable(id) => {
+                self.node.report_unreachable(id);
+                // A snapshot in flight to it is lost with the connection: let raft resend it.
+                self.node.report_snapshot(id, false);
+            }
+            Input::Propose { proposal, reply } => {
+                // A retry of something already applied gets the stored answer at once.
+                if let Some(result) = self.node.state().dedup_lookup(&proposal.request_id) {
+                    let index = self.node.applied_index();
+                    let _ = reply.send(ProposeOutcome::Applied {
+                        index,
+                        result: Box::new(result.clone()),
+                    });
+                    return;
+                }
+                match self.node.propose(&proposal) {
+                    Ok(_) => self
+                        .waiters
+                        .entry(proposal.request_id)
+                        .or_default()
+                        .push(reply),
+                    Err(not_leader) => {
+                        let _ = reply.send(ProposeOutcome::NotLeader(not_leader.leader_id));
+                    }
+                }
+            }
+        }
+    }
+
+    fn ready(&mut self) {
+        let outcome = match self.node.on_ready() {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // Storage failures are not recoverable in-process: stop, let systemd restart us
+                // from what is durable.
+                tracing::error!("fatal: raft storage: {e}");
+                std::process::exit(70);
+            }
+        };
+        for msg in outcome.messages {
+            let snapshot_to = (msg.get_msg_type() == MessageType::MsgSnapshot).then_some(msg.to);
+            self.transport.send(msg);
+            // One TCP stream per peer keeps order: the appends raft sends next arrive after the
+            // snapshot. A failed connection is reported through `Unreachable` above.
+            if let Some(to) = snapshot_to {
+                self.node.report_snapshot(to, true);
+            }
+        }
+        if let Some(leadership) = outcome.leadership {
+            tracing::info!(
+                leader = ?leadership.leader_id,
+                term = leadership.term,
+                "leader changed{}",
+                if leadership.is_self { " (this host)" } else { "" }
+            );
+            if !leadership.is_self {
+                // Our uncommitted proposals may be lost: tell the callers to retry (same
+                // request id, so nothing is applied twice).
+                for (_, senders) in self.waiters.drain() {
+                    for sender in senders {
+                        let _ = sender.send(ProposeOutcome::NotLeader(leadership.leader_id));
+                    }
+                }
+            }
+        }
+        let state_changed = !outcome.updates.is_empty() || outcome.snapshot_installed;
+        let current = self.view.load();
+        let state = if state_changed {
+            Arc::new(self.node.state().clone())
+        } else {
+            Arc::clone(&current.state)
+        };
+        self.view.store(Arc::new(view_of(&self.node, state)));
+        if state_changed {
+            self.sync_peers();
+        }
+        // Answer the callers only after the view shows their write (read-your-writes).
+        for applied in &outcome.applied {
+            if let Some(senders) = self.waiters.remove(&applied.request_id) {
+                for sender in senders {
+                    let _ = sender.send(ProposeOutcome::Applied {
+                        index: applied.index,
+                        result: Box::new(applied.result.clone()),
+                    });
+                }
+            }
+        }
+        self.applied.send_if_modified(|applied| {
+            let changed = *applied != outcome.applied_index;
+            *applied = outcome.applied_index;
+            changed
+        });
+    }
+
+    /// Keeps the transport's address book equal to the registered hosts.
+    fn sync_peers(&mut self) {
+        let peers: BTreeMap<u64, String> = self
+            .node
+            .state()
+            .hosts()
+            .map(|h| (h.node_id, h.peer_addr.clone()))
+            .collect();
+        let peers = if peers.is_empty() {
+            self.seed_peers.clone()
+        } else {
+            peers
+        };
+        if peers != self.peers {
+            self.transport.set_peers(peers.clone());
+            self.peers = peers;
+        }
+    }
+}

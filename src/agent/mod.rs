@@ -1,0 +1,556 @@
+//! The host agent: runs the Raft node, serves the CLI and the peers, and keeps this host's links
+//! and forwarding table in step with the replicated state.
+
+pub mod driver;
+pub mod fibsync;
+pub mod links;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Mutex;
+use vxnet_controlplane::node::{Node, NodeConfig, NodeError};
+use vxnet_controlplane::state::{ApplyError, ApplyResult};
+use vxnet_controlplane::storage::DiskStorage;
+use vxnet_controlplane::transport::{self, Inbound, Transport, TransportConfig, TransportError};
+use vxnet_dataplane::fdb::Fib;
+use vxnet_dataplane::io::{DataPlane, DataPlaneConfig, IoError, Netlink};
+use vxnet_dataplane::stats::StatsRegistry;
+use vxnet_proto::{
+    Command, DisconnectEndpoint, ErrorKind, ForwardRequest, ForwardResponse, JoinRequest,
+    JoinResponse, NotLeader, Proposal, RegisterHost, Response, command, forward_response,
+    join_response, response,
+};
+
+use driver::{DriverHandle, ProposeOutcome};
+use links::Reconciler;
+
+/// Raft tick: election after ~1 s (10 ticks), heartbeat every tick.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a write may take before the client is told the cluster has no quorum here.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one attempt waits before retrying with the same request id.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// VXLAN overhead on an IPv4 underlay: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// Everything `vxnetd` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This host's unique name in the cluster.
+    pub name: String,
+    /// Durable state (Raft log, snapshots).
+    pub data_dir: PathBuf,
+    /// This host's VTEP address.
+    pub underlay: Ipv4Addr,
+    /// The VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// Where peers reach this agent.
+    pub peer_listen: SocketAddr,
+    /// The CLI socket.
+    pub api: PathBuf,
+    /// Start a new cluster (ignored when the data dir has state).
+    pub bootstrap: bool,
+    /// Join the cluster through this member (ignored when the data dir has state).
+    pub join: Option<String>,
+    /// Shared join secret.
+    pub token: Option<String>,
+    /// Overlay MTU (default: the underlay interface's MTU − 50).
+    pub mtu: Option<u32>,
+    /// Data plane worker threads.
+    pub workers: usize,
+}
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A bad combination of flags or an unusable data dir.
+    #[error("{0}")]
+    Config(String),
+    /// The Raft node failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The peer transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The kernel refused something.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// The API socket could not be served.
+    #[error("API socket: {0}")]
+    Api(#[from] std::io::Error),
+}
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The state machine refused it (identically on every replica).
+    #[error("{}", .0.message)]
+    Refused(ApplyError),
+    /// No leader could commit it in time: this host may be in a minority partition.
+    #[error(
+        "the cluster did not commit the request within {0:?}: no quorum reachable from this host"
+    )]
+    NoQuorum(Duration),
+}
+
+/// The running agent's shared parts.
+#[derive(Debug)]
+pub struct Agent {
+    /// The agent's configuration.
+    pub config: AgentConfig,
+    /// The Raft driver.
+    pub driver: DriverHandle,
+    /// The peer transport.
+    pub transport: Transport,
+    /// Links, TAPs and FIB.
+    pub reconciler: Reconciler,
+    /// Serialises link changes (reconcile rounds, connect, disconnect).
+    pub links_lock: Mutex<()>,
+    /// Drop counters of the data plane.
+    pub stats: Arc<StatsRegistry>,
+    /// The forwarding table.
+    pub fib: Arc<Fib>,
+    /// When the agent started.
+    pub started: Instant,
+}
+
+/// Random bytes for request ids, network and endpoint ids.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    // getrandom(2) with flags 0 blocks only before the kernel's pool is initialised at boot.
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        if n <= 0 {
+            // Never expected; fall back to the clock so ids stay distinct, not secret.
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            for (i, b) in buf[filled..].iter_mut().enumerate() {
+                *b = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
+            }
+            break;
+        }
+        filled += n as usize;
+    }
+    buf
+}
+
+/// 64 lowercase hex characters, like Docker's ids.
+pub fn random_id() -> String {
+    random_bytes::<32>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn proposal(command: command::Kind) -> Proposal {
+    Proposal {
+        request_id: random_bytes::<16>().to_vec(),
+        command: Some(Command {
+            kind: Some(command),
+        }),
+    }
+}
+
+impl Agent {
+    /// Starts everything and serves until SIGINT/SIGTERM.
+    pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            AgentError::Config(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let (node, seed_peers) = open_node(&config).await?;
+        tracing::info!(
+            node_id = node.id(),
+            cluster_id = format!("{:016x}", node.cluster_id()),
+            "raft node ready"
+        );
+        let (transport, inbound) = Transport::start(TransportConfig {
+            listen: config.peer_listen,
+            host_name: config.name.clone(),
+            node_id: node.id(),
+            cluster_id: node.cluster_id(),
+            token: config.token.clone(),
+            queue_len: 1024,
+        })
+        .await?;
+        let (driver, _raft_thread) = driver::spawn(node, transport.clone(), TICK, seed_peers);
+
+        let netlink = Netlink::new()?;
+        let mtu = match config.mtu {
+            Some(mtu) => mtu,
+            None => match netlink.mtu_of_address(IpAddr::V4(config.underlay)).await? {
+                Some(underlay_mtu) => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
+                None => {
+                    return Err(AgentError::Config(format!(
+                        "no interface has the underlay address {}: pass the right --underlay",
+                        config.underlay
+                    )));
+                }
+            },
+        };
+        tracing::info!(mtu, "overlay MTU");
+        let fib = Arc::new(Fib::new());
+        let stats = Arc::new(StatsRegistry::new());
+        let dataplane = Arc::new(DataPlane::start(
+            DataPlaneConfig {
+                underlay: IpAddr::V4(config.underlay),
+                vxlan_port: config.vxlan_port,
+                workers: config.workers,
+                ..DataPlaneConfig::default()
+            },
+            Arc::clone(&fib),
+            Arc::clone(&stats),
+        )?);
+        let agent = Arc::new(Agent {
+            reconciler: Reconciler {
+                host: config.name.clone(),
+                mtu,
+                netlink,
+                dataplane,
+                fib: Arc::clone(&fib),
+            },
+            config,
+            driver,
+            transport,
+            links_lock: Mutex::new(()),
+            stats,
+            fib,
+            started: Instant::now(),
+        });
+        tokio::spawn(Arc::clone(&agent).serve_peers(inbound));
+        tokio::spawn(Arc::clone(&agent).reconcile_loop());
+        let api = server::bind(&agent.config.api)?;
+        tracing::info!(api = %agent.config.api.display(), "serving the API");
+        tokio::spawn(server::serve(Arc::clone(&agent), api));
+
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = std::fs::remove_file(&agent.config.api);
+        Ok(())
+    }
+
+    /// Commits `command` through Raft (forwarding to the leader when needed) and returns once it
+    /// is applied on this host. Retries reuse the request id, so nothing is applied twice.
+    pub async fn submit(&self, command: command::Kind) -> Result<Response, SubmitError> {
+        self.submit_proposal(proposal(command)).await
+    }
+
+    async fn submit_proposal(&self, proposal: Proposal) -> Result<Response, SubmitError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        while Instant::now() < deadline {
+            let attempt =
+                tokio::time::timeout(ATTEMPT_TIMEOUT, self.driver.propose(proposal.clone()));
+            match attempt.await {
+                Ok(Ok(ProposeOutcome::Applied { result, .. })) => return into_submit(*result),
+                Ok(Ok(ProposeOutcome::NotLeader(Some(leader)))) => {
+                    if let Some(result) = self.forward(&proposal, leader).await {
+                        return result;
+                    }
+                }
+                Ok(Ok(ProposeOutcome::NotLeader(None))) => {}
+                Ok(Err(_gone)) => break,
+                Err(_timeout) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        Err(SubmitError::NoQuorum(WRITE_DEADLINE))
+    }
+
+    /// Sends the proposal to the leader; `None` means "try again".
+    async fn forward(
+        &self,
+        proposal: &Proposal,
+        leader: u64,
+    ) -> Option<Result<Response, SubmitError>> {
+        let view = self.driver.view();
+        let addr = view.state.host_by_node_id(leader)?.peer_addr.clone();
+        let request = ForwardRequest {
+            proposal: Some(proposal.clone()),
+        };
+        let reply = transport::forward(
+            &addr,
+            self.config.token.as_deref(),
+            &self.config.name,
+            view.node_id,
+            view.cluster_id,
+            request,
+            ATTEMPT_TIMEOUT,
+        )
+        .await
+        .ok()?;
+        let result = match reply.outcome? {
+            forward_response::Outcome::Ok(response) => Ok(response),
+            forward_response::Outcome::Err(failure) => Err(ApplyError::from_proto(&failure)),
+            forward_response::Outcome::NotLeader(_) => return None,
+        };
+        // Read-your-writes: answer once this host has applied the write too.
+        if !self.driver.wait_applied(reply.index, ATTEMPT_TIMEOUT).await {
+            tracing::warn!(
+                index = reply.index,
+                "write committed by the leader but not yet applied here"
+            );
+        }
+        Some(into_submit(result))
+    }
+
+    async fn serve_peers(self: Arc<Self>, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
+        while let Some(message) = inbound.recv().await {
+            match message {
+                Inbound::Raft(msg) => self.driver.step(msg),
+                Inbound::Unreachable(id) => self.driver.unreachable(id),
+                Inbound::Join { request, reply } => {
+                    let agent = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let _ = reply.send(agent.answer_join(request).await);
+                    });
+                }
+                Inbound::Forward { request, reply } => {
+                    let agent = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        if let Some(answer) = agent.answer_forward(request).await {
+                            let _ = reply.send(answer);
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// A host asks to join: register it through Raft (forwarded to the leader if needed). The
+    /// leader's membership policy then adds it as a learner and promotes it when caught up.
+    async fn answer_join(&self, request: JoinRequest) -> JoinResponse {
+        let Some(host) = request.host else {
+            return join_error(ErrorKind::Invalid, "join request without host");
+        };
+        let proposal = Proposal {
+            request_id: request.request_id,
+            command: Some(Command {
+                kind: Some(command::Kind::RegisterHost(host)),
+            }),
+        };
+        match self.submit_proposal(proposal).await {
+            Ok(Response {
+                kind: Some(response::Kind::HostRegistered(host)),
+            }) => {
+                let view = self.driver.view();
+                tracing::info!(host = host.name, node_id = host.node_id, "host joined");
+                JoinResponse {
+                    result: Some(join_response::Result::Accepted(vxnet_proto::JoinAccepted {
+                        node_id: host.node_id,
+                        cluster_id: view.cluster_id,
+                        leader_id: view.leader_id.unwrap_or(0),
+                        members: view.state.hosts().cloned().collect(),
+                    })),
+                }
+            }
+            Ok(other) => join_error(
+                ErrorKind::Unspecified,
+                &format!("unexpected result {other:?}"),
+            ),
+            Err(SubmitError::Refused(e)) => join_error(e.kind, &e.message),
+            Err(e @ SubmitError::NoQuorum(_)) => join_error(ErrorKind::Unspecified, &e.to_string()),
+        }
+    }
+
+    /// A follower forwards a proposal: propose it here if we lead, answer once applied.
+    async fn answer_forward(&self, request: ForwardRequest) -> Option<ForwardResponse> {
+        let proposal = request.proposal?;
+        let request_id = proposal.request_id.clone();
+        let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, self.driver.propose(proposal))
+            .await
+            .ok()?
+            .ok()?;
+        Some(match outcome {
+            ProposeOutcome::Applied { index, result } => ForwardResponse {
+                request_id,
+                index,
+                outcome: Some(match *result {
+                    Ok(response) => forward_response::Outcome::Ok(response),
+                    Err(e) => forward_response::Outcome::Err(e.to_proto()),
+                }),
+            },
+            ProposeOutcome::NotLeader(leader) => {
+                let view = self.driver.view();
+                let leader_id = leader.unwrap_or(0);
+                let leader_addr = view
+                    .state
+                    .host_by_node_id(leader_id)
+                    .map(|h| h.peer_addr.clone())
+                    .unwrap_or_default();
+                ForwardResponse {
+                    request_id,
+                    index: 0,
+                    outcome: Some(forward_response::Outcome::NotLeader(NotLeader {
+                        leader_id,
+                        leader_addr,
+                    })),
+                }
+            }
+        })
+    }
+
+    /// Reconciles after every applied change, and every few seconds anyway (to notice vanished
+    /// sandboxes and repair links changed behind our back).
+    async fn reconcile_loop(self: Arc<Self>) {
+        let mut applied = self.driver.subscribe();
+        loop {
+            self.reconcile_once().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), applied.changed()).await;
+        }
+    }
+
+    /// One reconcile round under the links lock; disconnects endpoints whose sandbox vanished.
+    pub async fn reconcile_once(&self) {
+        let report = {
+            let _guard = self.links_lock.lock().await;
+            let state = Arc::clone(&self.driver.view().state);
+            self.reconciler.reconcile(&state).await
+        };
+        for error in &report.errors {
+            tracing::warn!("reconcile: {error}");
+        }
+        for endpoint in report.vanished {
+            tracing::info!(
+                endpoint = endpoint.name,
+                sandbox = endpoint.sandbox,
+                "sandbox vanished: disconnecting"
+            );
+            let command = command::Kind::DisconnectEndpoint(DisconnectEndpoint {
+                network: endpoint.network_id.clone(),
+                sandbox: endpoint.sandbox.clone(),
+                host: endpoint.host.clone(),
+                force: true,
+            });
+            if let Err(e) = self.submit(command).await {
+                tracing::warn!("cannot disconnect {}: {e}", endpoint.name);
+            }
+        }
+    }
+}
+
+fn into_submit(result: ApplyResult) -> Result<Response, SubmitError> {
+    result.map_err(SubmitError::Refused)
+}
+
+fn join_error(kind: ErrorKind, message: &str) -> JoinResponse {
+    JoinResponse {
+        result: Some(join_response::Result::Error(vxnet_proto::ApplyFailure {
+            kind: kind as i32,
+            message: message.to_string(),
+        })),
+    }
+}
+
+/// Resumes from the data dir, or bootstraps, or joins. On-disk state always wins: bootstrapping
+/// a second time would split the brain. Also returns the members a join answer named, so the
+/// transport can reach the leader before the first snapshot arrives.
+async fn open_node(config: &AgentConfig) -> Result<(Node, BTreeMap<u64, String>), AgentError> {
+    let node_config = NodeConfig::new(&config.data_dir);
+    if DiskStorage::exists(&config.data_dir) {
+        if config.bootstrap || config.join.is_some() {
+            tracing::info!(
+                "the data dir holds cluster state: resuming, --bootstrap/--join ignored"
+            );
+        }
+        return Ok((Node::open(node_config)?, BTreeMap::new()));
+    }
+    let host = RegisterHost {
+        name: config.name.clone(),
+        underlay: config.underlay.to_string(),
+        peer_addr: config.peer_listen.to_string(),
+    };
+    if config.bootstrap {
+        let cluster_id = u64::from_le_bytes(random_bytes::<8>()) | 1;
+        tracing::info!("bootstrapping a new cluster");
+        return Ok((
+            Node::bootstrap(node_config, cluster_id, host)?,
+            BTreeMap::new(),
+        ));
+    }
+    let Some(mut target) = config.join.clone() else {
+        return Err(AgentError::Config(
+            "the data dir holds no cluster state: pass --bootstrap (first host) or --join HOST:PORT".into(),
+        ));
+    };
+    let request = JoinRequest {
+        request_id: random_bytes::<16>().to_vec(),
+        host: Some(host),
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let answer = transport::join(
+            &target,
+            config.token.as_deref(),
+            &config.name,
+            request.clone(),
+            Duration::from_secs(15),
+        )
+        .await;
+        match answer.map(|r| r.result) {
+            Ok(Some(join_response::Result::Accepted(accepted))) => {
+                tracing::info!(
+                    node_id = accepted.node_id,
+                    via = target,
+                    "joined the cluster"
+                );
+                let seed = accepted
+                    .members
+                    .iter()
+                    .map(|h| (h.node_id, h.peer_addr.clone()))
+                    .collect();
+                return Ok((
+                    Node::join(node_config, accepted.cluster_id, accepted.node_id)?,
+                    seed,
+                ));
+            }
+            Ok(Some(join_response::Result::Error(failure))) => {
+                return Err(AgentError::Config(format!(
+                    "join refused by {target}: {}",
+                    failure.message
+                )));
+            }
+            Ok(Some(join_response::Result::NotLeader(hint))) if !hint.leader_addr.is_empty() => {
+                target = hint.leader_addr;
+                continue;
+            }
+            Ok(_) => tracing::warn!(via = target, "join: no answer yet, retrying"),
+            Err(e) => tracing::warn!(via = target, "join: {e}; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

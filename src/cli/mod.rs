@@ -1,0 +1,4 @@
+//! Presentation for the `vxnet` CLI: docker-shaped JSON, tables and templates.
+
+pub mod format;
+pub mod template;
