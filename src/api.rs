@@ -70,6 +70,16 @@ pub fn call(
     request: &ApiRequest,
     timeout: Duration,
 ) -> Result<ApiResponse, ApiError> {
+    call_streaming(socket, request, timeout).map(|(response, _)| response)
+}
+
+/// Like [`call`], and also returns the connection, for requests whose answer is followed by a
+/// stream (`capture`). The returned stream has no read timeout.
+pub fn call_streaming(
+    socket: &Path,
+    request: &ApiRequest,
+    timeout: Duration,
+) -> Result<(ApiResponse, UnixStream), ApiError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| ApiError::Connect {
         path: socket.display().to_string(),
         source,
@@ -78,7 +88,9 @@ pub fn call(
     stream.set_write_timeout(Some(timeout))?;
     write_frame(&mut stream, request)?;
     let body = read_frame_bytes(&mut stream)?;
-    Ok(ApiResponse::decode(body.as_slice())?)
+    let response = ApiResponse::decode(body.as_slice())?;
+    stream.set_read_timeout(None)?;
+    Ok((response, stream))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 //! never blocks: when a queue is full the message is dropped and [`Inbound::Unreachable`] is
 //! emitted, and Raft retransmits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -79,6 +79,9 @@ const BATCH_MSGS: usize = 256;
 const READ_BUF: usize = 64 * 1024;
 // Each connection holds a 64 KiB read buffer: 256 of them bound what strangers can pin.
 const MAX_INBOUND_CONNS: usize = 256;
+/// When every slot is taken, the oldest connection still in its handshake is dropped to admit a
+/// newcomer; this is how long the accept loop waits for its slot to come free.
+const EVICT_WAIT: Duration = Duration::from_millis(200);
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -314,6 +317,11 @@ struct Core {
     log_times: Mutex<HashMap<IpAddr, u64>>,
     inbound_full_logged_ms: AtomicU64,
     conn_slots: Arc<Semaphore>,
+    /// Inbound connections still in their handshake, oldest first; dropping a sender tells that
+    /// connection to go. Silent strangers can thus not hold every slot and lock peers out for
+    /// the length of a handshake timeout, again and again: a newcomer takes the oldest's slot.
+    handshaking: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+    next_conn: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -512,6 +520,8 @@ impl Transport {
             log_times: Mutex::new(HashMap::new()),
             inbound_full_logged_ms: AtomicU64::new(0),
             conn_slots: Arc::new(Semaphore::new(MAX_INBOUND_CONNS)),
+            handshaking: Mutex::new(VecDeque::new()),
+            next_conn: AtomicU64::new(0),
         });
         tokio::spawn(accept_loop(core.clone(), listener));
         let inner = Arc::new(Inner {
@@ -1098,11 +1108,11 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, remote)) => match core.conn_slots.clone().try_acquire_owned() {
-                Ok(slot) => {
+            Ok((stream, remote)) => match admit(&core).await {
+                Some(slot) => {
                     tokio::spawn(serve_connection(core.clone(), stream, remote, slot));
                 }
-                Err(_) => {
+                None => {
                     if core.may_log(remote.ip()) {
                         warn!(%remote, "too many inbound peer connections: refusing");
                     }
@@ -1117,6 +1127,34 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
                 }
             }
         }
+    }
+}
+
+/// A slot for a new inbound connection: a free one, or else the one of the oldest connection
+/// still in its handshake, which is dropped (only authenticated connections keep theirs).
+async fn admit(core: &Core) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = core.conn_slots.clone().try_acquire_owned() {
+        return Some(slot);
+    }
+    let oldest = lock(&core.handshaking).pop_front();
+    // Dropping its sender ends that connection's handshake, which frees its slot.
+    drop(oldest?);
+    bump(&core.counters.handshakes_refused, 1);
+    tokio::time::timeout(EVICT_WAIT, core.conn_slots.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Keeps a connection in [`Core::handshaking`] until its handshake ends, one way or another.
+struct Handshaking<'a> {
+    core: &'a Core,
+    seq: u64,
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        lock(&self.core.handshaking).retain(|(seq, _)| *seq != self.seq);
     }
 }
 
@@ -1137,25 +1175,37 @@ async fn serve_connection_inner(core: &Arc<Core>, stream: TcpStream, remote: Soc
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::with_capacity(READ_BUF, r);
-    let accepted =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(core, &mut r, &mut w)).await
-        {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                bump(&core.counters.handshakes_refused, 1);
-                if core.may_log(remote.ip()) {
-                    warn!(%remote, "refusing peer connection: {e}");
-                }
-                return;
+    let (evict_tx, evict_rx) = oneshot::channel::<()>();
+    let seq = core.next_conn.fetch_add(1, Ordering::Relaxed);
+    lock(&core.handshaking).push_back((seq, evict_tx));
+    let handshaking = Handshaking { core, seq };
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(core, &mut r, &mut w)) => r,
+        _ = evict_rx => {
+            if core.may_log(remote.ip()) {
+                warn!(%remote, "dropping a peer connection still in its handshake: all slots taken");
             }
-            Err(_) => {
-                bump(&core.counters.handshakes_refused, 1);
-                if core.may_log(remote.ip()) {
-                    warn!(%remote, "refusing peer connection: handshake timed out");
-                }
-                return;
+            return;
+        }
+    };
+    drop(handshaking);
+    let accepted = match handshake {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            bump(&core.counters.handshakes_refused, 1);
+            if core.may_log(remote.ip()) {
+                warn!(%remote, "refusing peer connection: {e}");
             }
-        };
+            return;
+        }
+        Err(_) => {
+            bump(&core.counters.handshakes_refused, 1);
+            if core.may_log(remote.ip()) {
+                warn!(%remote, "refusing peer connection: handshake timed out");
+            }
+            return;
+        }
+    };
     debug!(%remote, peer = ?accepted.peer, access = ?accepted.access, "peer connection accepted");
     let reach = (accepted.peer.node_id != 0).then(|| core.reach(accepted.peer.node_id));
     let _guard = reach.clone().map(InboundConnGuard::new);

@@ -3,6 +3,7 @@
 //! The packet core ([`wire`], [`fdb`], [`router`], [`stats`]) does no I/O and reads no clock:
 //! bytes and `now` go in, actions come out. Only [`io`] touches sockets, TAP devices and netlink.
 
+pub mod capture;
 pub mod fdb;
 pub mod io;
 pub mod router;

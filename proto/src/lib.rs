@@ -669,7 +669,7 @@ pub struct ApiRequest {
     /// Which request.
     #[prost(
         oneof = "api_request::Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
     )]
     pub kind: Option<api_request::Kind>,
 }
@@ -721,7 +721,21 @@ pub mod api_request {
         /// `stats`.
         #[prost(message, tag = "14")]
         Stats(super::Empty),
+        /// `capture`: the agent answers `Ok`, then streams a pcap file on the same connection.
+        #[prost(message, tag = "15")]
+        Capture(super::CaptureRequest),
     }
+}
+
+/// `capture NET [-c COUNT]`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CaptureRequest {
+    /// Network name, id or id prefix.
+    #[prost(string, tag = "1")]
+    pub network: String,
+    /// Stop after this many frames (0: until the client disconnects).
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
 }
 
 /// `network ls` filters.

@@ -71,6 +71,11 @@ pub async fn serve(agent: Arc<Agent>, listener: UnixListener) {
 async fn handle_connection(agent: &Agent, mut stream: UnixStream) -> std::io::Result<()> {
     let request = tokio::time::timeout(Duration::from_secs(10), read_request(&mut stream)).await;
     let response = match request {
+        Ok(Ok(ApiRequest {
+            kind: Some(Req::Capture(capture)),
+        })) => {
+            return stream_capture(agent, stream, capture).await;
+        }
         Ok(Ok(request)) => handle(agent, request).await,
         Ok(Err(message)) => error(ErrorKind::Invalid, message),
         Err(_) => error(ErrorKind::Invalid, "timed out reading the request".into()),
@@ -256,7 +261,75 @@ async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
         Req::FdbRemove(rm) => from_submit(agent.submit(command::Kind::RemoveStaticVtep(rm)).await),
         Req::FdbShow(NamesRequest { names }) => fdb_show(agent, names.first().map(String::as_str)),
         Req::Stats(_) => stats(agent),
+        Req::Capture(_) => error(ErrorKind::Invalid, "capture is a streaming request".into()),
     }
+}
+
+async fn write_response(stream: &mut UnixStream, response: &ApiResponse) -> std::io::Result<()> {
+    let body = response.encode_to_vec();
+    stream.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    stream.write_all(&body).await
+}
+
+/// Answers `Ok`, then streams the network's mirrored frames as a pcap file until `count` frames
+/// were sent or the client went away.
+async fn stream_capture(
+    agent: &Agent,
+    mut stream: UnixStream,
+    request: vxnet_proto::CaptureRequest,
+) -> std::io::Result<()> {
+    let state = Arc::clone(&agent.driver.view().state);
+    let vni = match state.resolve_network(&request.network) {
+        Ok(network) => network.vni,
+        Err(_) => {
+            let response = error(
+                ErrorKind::NotFound,
+                format!("network {} not found", request.network),
+            );
+            return write_response(&mut stream, &response).await;
+        }
+    };
+    let capture = agent.reconciler.dataplane.capture_hub().start(vni);
+    write_response(
+        &mut stream,
+        &ApiResponse {
+            kind: Some(Resp::Ok(vxnet_proto::Empty {})),
+        },
+    )
+    .await?;
+    let mut stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        stream.write_all(&vxnet_dataplane::capture::pcap_header())?;
+        let mut sent = 0u64;
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        while request.count == 0 || sent < request.count {
+            let Some(frame) = capture.next(Duration::from_millis(200)) else {
+                // Idle: notice a client that went away (EOF) without waiting for traffic.
+                stream.set_nonblocking(true)?;
+                let gone = matches!(stream.read(&mut [0u8; 1]), Ok(0));
+                stream.set_nonblocking(false)?;
+                if gone {
+                    break;
+                }
+                continue;
+            };
+            chunk.clear();
+            vxnet_dataplane::capture::pcap_record(&mut chunk, &frame);
+            sent += 1;
+            stream.write_all(&chunk)?;
+        }
+        if capture.dropped() > 0 {
+            tracing::info!(
+                dropped = capture.dropped(),
+                "capture fell behind and dropped frames"
+            );
+        }
+        stream.flush()
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 fn networks(agent: &Agent, names: &[String]) -> ApiResponse {

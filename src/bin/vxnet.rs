@@ -46,6 +46,23 @@ enum Command {
     /// Manage static forwarding entries (external VTEPs such as kernel VXLAN devices).
     #[command(subcommand)]
     Fdb(FdbCmd),
+    /// Capture the frames the agent moves for a network (both directions) as pcap.
+    Capture {
+        /// Write the pcap to FILE (`-` for stdout, e.g. `| tshark -r -`); without it, print one
+        /// line per frame.
+        #[arg(short = 'w', long = "write")]
+        write: Option<String>,
+        /// Stop after COUNT frames.
+        #[arg(short = 'c', long = "count", default_value_t = 0)]
+        count: u64,
+        /// Network (name, id or id prefix).
+        network: String,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Show per-network traffic counters and drops by reason.
     Stats {
         /// Output format: table or json.
@@ -273,6 +290,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cluster(cmd) => cluster(&client, cmd, &mut out),
         Command::Fdb(cmd) => fdb(&client, cmd, &mut out),
         Command::Stats { format } => stats(&client, &format, &mut out),
+        Command::Capture {
+            write,
+            count,
+            network,
+        } => capture(&client, network, count, write),
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "vxnet",
+                &mut out,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -575,6 +606,70 @@ fn fdb(client: &Client, cmd: FdbCmd, out: &mut impl Write) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn capture(
+    client: &Client,
+    network: String,
+    count: u64,
+    write: Option<String>,
+) -> Result<ExitCode> {
+    use std::io::Read;
+    let request = ApiRequest {
+        kind: Some(Req::Capture(vxnet_proto::CaptureRequest { network, count })),
+    };
+    let (response, mut stream) = api::call_streaming(&client.socket, &request, CALL_TIMEOUT)?;
+    if let Some(Resp::Error(failure)) = response.kind {
+        bail!("Error response from daemon: {}", failure.message);
+    }
+    match write.as_deref() {
+        Some("-") => {
+            std::io::copy(&mut stream, &mut std::io::stdout().lock())?;
+        }
+        Some(path) => {
+            let mut file =
+                std::fs::File::create(path).with_context(|| format!("creating {path}"))?;
+            let mut header = [0u8; 24];
+            stream.read_exact(&mut header)?;
+            file.write_all(&header)?;
+            // Whole records, one write each: a capture stopped at any moment is a valid pcap.
+            let mut frames = 0u64;
+            let mut record = Vec::new();
+            while read_record(&mut stream, &mut record)? {
+                file.write_all(&record)?;
+                frames += 1;
+            }
+            eprintln!("{path}: {frames} frames");
+        }
+        None => {
+            let mut header = [0u8; 24];
+            stream.read_exact(&mut header)?;
+            let mut out = std::io::stdout().lock();
+            let mut record = Vec::new();
+            while read_record(&mut stream, &mut record)? {
+                let secs = u32::from_le_bytes([record[0], record[1], record[2], record[3]]);
+                let micros = u32::from_le_bytes([record[4], record[5], record[6], record[7]]);
+                let summary = vxnet::cli::format::frame_summary(&record[16..]);
+                writeln!(out, "{secs}.{micros:06} {summary}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads one pcap record (16-byte header + frame) into `record`; false at the end of the stream.
+fn read_record(stream: &mut impl std::io::Read, record: &mut Vec<u8>) -> Result<bool> {
+    record.resize(16, 0);
+    if stream.read_exact(&mut record[..16]).is_err() {
+        return Ok(false);
+    }
+    let len = u32::from_le_bytes([record[8], record[9], record[10], record[11]]) as usize;
+    if len > 262_144 {
+        bail!("malformed capture stream (record of {len} bytes)");
+    }
+    record.resize(16 + len, 0);
+    stream.read_exact(&mut record[16..])?;
+    Ok(true)
 }
 
 fn stats(client: &Client, format: &str, out: &mut impl Write) -> Result<ExitCode> {

@@ -1,11 +1,13 @@
-//! vxnetd: the vxnet host agent. Parses flags and runs [`vxnet::agent::Agent`].
+//! vxnetd: the vxnet host agent. Parses flags (over an optional config file) and runs
+//! [`vxnet::agent::Agent`].
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vxnet::agent::{Agent, AgentConfig};
+use vxnet::agent::Agent;
+use vxnet::config::Settings;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -14,39 +16,45 @@ use vxnet::agent::{Agent, AgentConfig};
     about = "vxnet host agent: userspace VXLAN with a Raft control plane"
 )]
 struct Flags {
+    /// A TOML file with any of the settings below (same names); flags win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// This host's unique name in the cluster.
     #[arg(long)]
-    name: String,
-    /// Durable state: the Raft log and snapshots.
-    #[arg(long, default_value = "/var/lib/vxnet")]
-    data_dir: PathBuf,
+    name: Option<String>,
+    /// Durable state: the Raft log and snapshots [default: /var/lib/vxnet].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// This host's VTEP (underlay) IPv4 address.
     #[arg(long)]
-    underlay: Ipv4Addr,
-    /// VXLAN UDP port (IANA 4789; Linux's legacy default and flannel's is 8472).
-    #[arg(long, default_value_t = 4789)]
-    vxlan_port: u16,
-    /// Address for Raft/peer traffic (default: the underlay address, port 7946).
+    underlay: Option<Ipv4Addr>,
+    /// VXLAN UDP port: IANA 4789; Linux's legacy default (flannel's) is 8472 [default: 4789].
+    #[arg(long)]
+    vxlan_port: Option<u16>,
+    /// Address for Raft/peer traffic [default: the underlay address, port 7946].
     #[arg(long)]
     peer_listen: Option<SocketAddr>,
-    /// The CLI's Unix socket (mode 0600).
-    #[arg(long, default_value = vxnet::api::DEFAULT_SOCKET)]
-    api: PathBuf,
-    /// Start a new cluster with this host as its first member.
-    #[arg(long, conflicts_with = "join")]
+    /// The CLI's Unix socket, mode 0600 [default: /run/vxnet/vxnet.sock].
+    #[arg(long)]
+    api: Option<PathBuf>,
+    /// Start a new cluster with this host as its first member (ignored once the data dir has state).
+    #[arg(long)]
     bootstrap: bool,
-    /// Join the cluster through any member's peer address (HOST:PORT).
+    /// Join the cluster through any member's peer address, HOST:PORT (ignored once the data dir has state).
     #[arg(long)]
     join: Option<String>,
-    /// Join secret: peers prove knowledge of it (HMAC challenge) on every connection.
+    /// Join secret: every peer connection proves knowledge of it (HMAC challenge).
     #[arg(long, env = "VXNET_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Overlay MTU (default: the underlay interface's MTU − 50).
+    /// Overlay MTU [default: the underlay interface's MTU − 50].
     #[arg(long)]
     mtu: Option<u32>,
-    /// Data plane worker threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    /// Data plane worker threads [default: 2].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -58,20 +66,30 @@ fn main() -> ExitCode {
         )
         .with_ansi(false)
         .init();
-    let config = AgentConfig {
+    let file = match &flags.config {
+        Some(path) => match Settings::from_file(path) {
+            Ok(settings) => settings,
+            Err(e) => return fail(&e),
+        },
+        None => Settings::default(),
+    };
+    let from_flags = Settings {
         name: flags.name,
         data_dir: flags.data_dir,
         underlay: flags.underlay,
         vxlan_port: flags.vxlan_port,
-        peer_listen: flags
-            .peer_listen
-            .unwrap_or(SocketAddr::new(flags.underlay.into(), 7946)),
+        peer_listen: flags.peer_listen,
         api: flags.api,
-        bootstrap: flags.bootstrap,
+        bootstrap: flags.bootstrap.then_some(true),
         join: flags.join,
         token: flags.token,
         mtu: flags.mtu,
-        workers: flags.workers.max(1),
+        workers: flags.workers,
+        metrics: flags.metrics,
+    };
+    let config = match from_flags.over(file).into_agent_config() {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -79,17 +97,18 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vxnetd: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&e),
     };
     match runtime.block_on(Agent::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("vxnetd: {e}");
-            ExitCode::FAILURE
+            fail(&e)
         }
     }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("vxnetd: {e}");
+    ExitCode::FAILURE
 }

@@ -153,6 +153,46 @@ pub fn matches_filters(net: &Network, filters: &[String]) -> Result<bool, String
     Ok(true)
 }
 
+/// One line about a frame, like `tcpdump -e -n` would print it (brief).
+pub fn frame_summary(frame: &[u8]) -> String {
+    use vxnet_dataplane::wire::{ArpPacket, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet};
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return format!("truncated frame, {} bytes", frame.len());
+    };
+    let l2 = format!("{} > {}", eth.src_addr(), eth.dst_addr());
+    let l3 = match eth.ethertype() {
+        EtherType::IPV4 => match Ipv4Packet::new_checked(eth.payload()) {
+            Ok(ip) => format!(
+                "IPv4 {} > {} proto {}",
+                ip.src_addr(),
+                ip.dst_addr(),
+                ip.next_header()
+            ),
+            Err(_) => "IPv4 (malformed)".into(),
+        },
+        EtherType::IPV6 => match Ipv6Packet::new_checked(eth.payload()) {
+            Ok(ip) => format!(
+                "IPv6 {} > {} next {}",
+                ip.src_addr(),
+                ip.dst_addr(),
+                ip.next_header()
+            ),
+            Err(_) => "IPv6 (malformed)".into(),
+        },
+        EtherType::ARP => match ArpPacket::new_checked(eth.payload()) {
+            Ok(arp) => format!(
+                "ARP {:?} who-has {} tell {}",
+                arp.operation(),
+                arp.target_protocol_addr(),
+                arp.sender_protocol_addr()
+            ),
+            Err(_) => "ARP (malformed)".into(),
+        },
+        other => format!("ethertype 0x{:04x}", other.0),
+    };
+    format!("{l2}, {l3}, length {}", frame.len())
+}
+
 /// Left-aligned columns separated by at least three spaces (docker's tabwriter look).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -532,6 +532,9 @@ impl Netlink {
                 .ok_or_else(|| IoError::NotFound(format!("{peer_name} in container namespace")))?;
             nl.add_address(LinkRef::Index(peer.index), IpAddr::V4(ip), prefix_len)
                 .await?;
+            // The overlay is IPv4-only for now: no link-local address, hence no DAD, router
+            // solicitations or MLD flooding the overlay (Docker disables IPv6 likewise).
+            nl.disable_ipv6_autoconf(peer.index).await?;
             nl.set_up(LinkRef::Name("lo")).await?;
             nl.set_up(LinkRef::Index(peer.index)).await?;
             Ok(peer.index)

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::capture::{CaptureHub, Direction};
 use crate::fdb::{Fib, FibSnapshot, Vni};
 use crate::io::{IoError, MsgBatch, RecvMeta, Result, SendPool, Tap, TapOptions, VxlanSocket};
 use crate::router::{
@@ -132,6 +133,7 @@ pub struct DataPlane {
     // Serialises add/remove of networks; never taken on the packet path.
     control: Mutex<()>,
     src_ports: Vec<u16>,
+    capture: Arc<CaptureHub>,
 }
 
 impl DataPlane {
@@ -145,6 +147,7 @@ impl DataPlane {
         let pool = Arc::new(SendPool::new(config.underlay, config.send_sockets.max(1))?);
         let taps: Arc<ArcSwap<TapTable>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
+        let capture = Arc::new(CaptureHub::new());
         let mut epolls = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
         let bind = SocketAddr::new(config.underlay, config.vxlan_port);
@@ -163,6 +166,7 @@ impl DataPlane {
                 stop: Arc::clone(&stop),
                 stats: stats.register_worker(),
                 port: config.vxlan_port,
+                capture: Arc::clone(&capture),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vxnet-dp{index}"))
@@ -179,7 +183,13 @@ impl DataPlane {
             threads,
             control: Mutex::new(()),
             src_ports: pool.src_ports(),
+            capture,
         })
+    }
+
+    /// Live captures of the frames the workers move (`vxnet capture`).
+    pub fn capture_hub(&self) -> &Arc<CaptureHub> {
+        &self.capture
     }
 
     /// The UDP source ports of the send sockets.
@@ -265,6 +275,7 @@ struct Worker {
     stop: Arc<AtomicBool>,
     stats: Arc<WorkerStats>,
     port: u16,
+    capture: Arc<CaptureHub>,
 }
 
 /// The worker's reusable buffers: allocated once, never per packet.
@@ -340,6 +351,9 @@ impl Worker {
         datagram: &[u8],
     ) {
         if let IngressAction::Deliver { vni, frame } = router.ingress(fib, src, datagram) {
+            if self.capture.is_active() {
+                self.capture.mirror(vni, Direction::Ingress, frame);
+            }
             let queue = taps.get(&vni).and_then(|t| t.queues.get(self.index));
             match queue {
                 Some(tap) => {
@@ -365,6 +379,10 @@ impl Worker {
                 Ok(len) => len,
                 Err(_) => return, // WouldBlock: drained
             };
+            if self.capture.is_active() {
+                let frame = &bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
+                self.capture.mirror(vni, Direction::Egress, frame);
+            }
             match router.egress(&fib, vni, &mut bufs.tx, len, now) {
                 EgressAction::Unicast {
                     vtep,
@@ -383,6 +401,9 @@ impl Worker {
                     }
                 }
                 EgressAction::Reply { frame } => {
+                    if self.capture.is_active() {
+                        self.capture.mirror(vni, Direction::Ingress, frame);
+                    }
                     if tap.write(frame).is_err() {
                         self.stats.count_drop(DropReason::TapWriteError);
                     }
