@@ -13,8 +13,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, BridgePortState, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind,
-    InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, BridgePortState, In6AddrGenMode, InfoBridge, InfoBridgePort,
+    InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo,
+    LinkMessage,
 };
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec};
 
@@ -275,7 +276,13 @@ impl Netlink {
         let index = match self.link_by_name(name).await? {
             Some(link) => checked_bridge(link)?,
             None => {
-                let msg = LinkBridge::new(name).down().mtu(mtu).build();
+                // No multicast snooping: the bridge would send its own IGMP/MLD reports, which
+                // the TAP carries into the overlay; the router floods multicast anyway.
+                let msg = LinkBridge::new(name)
+                    .down()
+                    .mtu(mtu)
+                    .append_info_data(InfoBridge::MulticastSnooping(false))
+                    .build();
                 match self.handle.link().add(msg).execute().await {
                     Ok(()) => {}
                     // Someone else created it meanwhile: check it below like any existing link.

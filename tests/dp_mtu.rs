@@ -1,0 +1,371 @@
+//! Issue #5, proof 2: the overlay MTU and path MTU discovery through the userspace router.
+//!
+//! With an underlay MTU of 1400 the agent gives the network's links 1350 (underlay − 50). A
+//! container whose MTU is raised by hand past that sends frames the router cannot carry: the
+//! router drops them (counted as `drop.too_big`) and answers ICMP "fragmentation needed" with the
+//! network MTU, so the sender learns the path MTU and traffic flows again (no black hole).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+use vxnet_dataplane::wire::{
+    EtherType, EthernetFrame, Icmpv4Packet, Ipv4Packet, icmpv4, ip_protocol,
+};
+
+/// A running `tcpdump -w` inside a namespace; stopped (SIGINT) by [`Capture::stop`] or on drop.
+struct Capture {
+    child: Option<Child>,
+    stderr: Option<BufReader<ChildStderr>>,
+    path: PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing on `iface` in `ns` into `path`; returns once tcpdump is listening.
+    fn start(ns: &str, iface: &str, filter: &str, path: &Path) -> Capture {
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-Z", "root",
+            ])
+            // Immediate mode: no packet waits in a ring block that SIGINT would discard;
+            // a 32 MiB ring so that bursts are not dropped.
+            .args(["--immediate-mode", "-B", "32768", "-s", "0", "-w"])
+            .arg(path)
+            .args(filter.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpdump");
+        let mut stderr = BufReader::new(child.stderr.take().expect("tcpdump stderr"));
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !line.contains("listening on") {
+            line.clear();
+            let n = stderr.read_line(&mut line).expect("read tcpdump stderr");
+            assert!(
+                n > 0 && Instant::now() < deadline,
+                "tcpdump did not start: {line}"
+            );
+        }
+        Capture {
+            child: Some(child),
+            stderr: Some(stderr),
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Stops tcpdump and returns the captured frames and its "dropped by kernel" count.
+    fn stop(mut self) -> (Vec<Vec<u8>>, u64) {
+        // Let the last packets reach the capture buffer.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut child = self.child.take().expect("running capture");
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let status = child.wait().expect("wait tcpdump");
+        let mut text = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        assert!(
+            status.success() || status.code() == Some(130) || status.code().is_none(),
+            "tcpdump failed: {status} {text}"
+        );
+        let dropped = text
+            .lines()
+            .find(|l| l.contains("dropped by kernel"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        (read_pcap(&self.path), dropped)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads a classic pcap file (either byte order, µs or ns timestamps) of Ethernet frames.
+fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).expect("read pcap");
+    assert!(data.len() >= 24, "pcap too short: {} bytes", data.len());
+    let magic = [data[0], data[1], data[2], data[3]];
+    let big_endian = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => false,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => true,
+        other => panic!("not a pcap file: magic {other:02x?}"),
+    };
+    let u32_at = |at: usize| {
+        let b = [data[at], data[at + 1], data[at + 2], data[at + 3]];
+        if big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    assert_eq!(u32_at(20), 1, "link type must be Ethernet");
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while at + 16 <= data.len() {
+        let incl = u32_at(at + 8) as usize;
+        let orig = u32_at(at + 12) as usize;
+        let start = at + 16;
+        assert!(start + incl <= data.len(), "truncated pcap record");
+        assert_eq!(incl, orig, "frame captured in full");
+        frames.push(data[start..start + incl].to_vec());
+        at = start + incl;
+    }
+    frames
+}
+
+/// `vxnet stats --format json`, as a map of counters.
+fn stats(agent: &Agent) -> serde_json::Map<String, serde_json::Value> {
+    let out = agent.vxnet(&["stats", "--format", "json"]);
+    match serde_json::from_str(&out).expect("stats JSON") {
+        serde_json::Value::Object(map) => map,
+        other => panic!("stats is not an object: {other}"),
+    }
+}
+
+fn counter(agent: &Agent, name: &str) -> u64 {
+    stats(agent)
+        .get(name)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+fn link_mtu(ns: &str, ifname: &str) -> u32 {
+    let out = sh(&format!("ip -n {ns} -o link show dev {ifname}"));
+    out.split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no mtu in {out}"))
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// An ICMP "fragmentation needed" seen in a capture.
+#[derive(Debug)]
+struct FragNeeded {
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    mtu: u16,
+    quoted_src: Ipv4Addr,
+    quoted_dst: Ipv4Addr,
+    quoted_len: u16,
+    checksums_ok: bool,
+}
+
+fn frag_needed_messages(frames: &[Vec<u8>]) -> Vec<FragNeeded> {
+    let mut found = Vec::new();
+    for frame in frames {
+        let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
+            continue;
+        };
+        if eth.ethertype() != EtherType::IPV4 {
+            continue;
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+            continue;
+        };
+        if ip.next_header() != ip_protocol::ICMP {
+            continue;
+        }
+        let Ok(icmp) = Icmpv4Packet::new_checked(ip.payload()) else {
+            continue;
+        };
+        if icmp.msg_type() != icmpv4::DST_UNREACHABLE || icmp.msg_code() != icmpv4::FRAG_NEEDED {
+            continue;
+        }
+        // The quote: the original IP header (its total length is larger than the quote, so
+        // only the fixed header is read, after checking it is all there).
+        let quote = icmp.payload();
+        assert!(quote.len() >= 20, "ICMP error quotes the IP header");
+        let quoted = Ipv4Packet::new_unchecked(quote);
+        found.push(FragNeeded {
+            from: ip.src_addr(),
+            to: ip.dst_addr(),
+            mtu: icmp.next_hop_mtu(),
+            quoted_src: quoted.src_addr(),
+            quoted_dst: quoted.dst_addr(),
+            quoted_len: quoted.total_len(),
+            checksums_ok: ip.verify_checksum() && icmp.verify_checksum(),
+        });
+    }
+    found
+}
+
+/// Underlay MTU 1400 → network MTU 1350; a full-size DF ping passes; a container whose MTU was
+/// raised to 1500 gets ICMP "fragmentation needed" (MTU 1350) for a too-big DF packet, the drop is
+/// counted, the kernel caches the path MTU and traffic flows again.
+#[test]
+fn mtu_and_path_mtu_discovery() {
+    if !require_root("mtu_and_path_mtu_discovery") {
+        return;
+    }
+    let started = Instant::now();
+    let mut cluster = Cluster::new(
+        "mt",
+        ClusterOptions {
+            underlay_mtu: 1400,
+            ..ClusterOptions::default()
+        },
+    );
+    cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.51.0.0/24", "mtunet"]);
+    let c1 = cluster.container();
+    let c2 = cluster.container();
+    cluster.agents[0].vxnet(&["network", "connect", "mtunet", &c1]);
+    cluster.agents[1].vxnet(&["network", "connect", "mtunet", &c2]);
+    let ip1: Ipv4Addr = cluster.ipv4_of(&c1, "eth0").parse().unwrap();
+    let ip2: Ipv4Addr = cluster.ipv4_of(&c2, "eth0").parse().unwrap();
+    let vni = cluster.agents[0]
+        .vxnet(&[
+            "network",
+            "inspect",
+            "-f",
+            r#"{{index .Options "com.docker.network.driver.overlay.vxlanid_list"}}"#,
+            "mtunet",
+        ])
+        .trim()
+        .to_string();
+    let vni: u32 = vni.parse().unwrap_or_else(|_| panic!("VNI: {vni:?}"));
+
+    // The MTUs the agent chose, measured on the links.
+    let h1 = cluster.host_ns(0).to_string();
+    let h2 = cluster.host_ns(1).to_string();
+    assert_eq!(link_mtu(&h1, "ul0"), 1400, "underlay");
+    for (ns, host) in [(&c1, &h1), (&c2, &h2)] {
+        assert_eq!(link_mtu(ns, "eth0"), 1350, "container eth0 in {ns}");
+        assert_eq!(
+            link_mtu(host, &format!("vxb-{vni}")),
+            1350,
+            "bridge on {host}"
+        );
+        // The agent-side links stay wide so that too-big frames reach the router.
+        assert_eq!(
+            link_mtu(host, &format!("vxt-{vni}")),
+            65_521,
+            "TAP on {host}"
+        );
+    }
+    let inspect: serde_json::Value =
+        serde_json::from_str(&cluster.agents[0].vxnet(&["network", "inspect", "mtunet"]))
+            .expect("inspect JSON");
+    let endpoint_id = inspect[0]["Containers"][&c1]["EndpointID"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no endpoint of {c1} in {inspect}"))
+        .to_string();
+    let host_veth = format!("vxv{}", &endpoint_id[..12]);
+    assert_eq!(link_mtu(&h1, &host_veth), 65_521, "host veth end");
+
+    wait_for("ping c1 → c2", Duration::from_secs(20), || {
+        cluster
+            .ping(&c1, &ip2.to_string(), 1, "")
+            .status
+            .success()
+            .then_some(())
+    });
+    // A full-size packet with DF: 1350 − 20 (IP) − 8 (ICMP) = 1322 bytes of payload.
+    let out = cluster.ping(&c1, &ip2.to_string(), 3, "-M do -s 1322");
+    assert!(out.status.success(), "full-MTU DF ping: {}", stdout(&out));
+    let too_big_before = counter(&cluster.agents[0], "drop.too_big");
+    assert_eq!(too_big_before, 0, "nothing was too big yet");
+
+    // Raise c1's MTU by hand past the network's and send 1500-byte DF packets.
+    let capture_path = cluster.dir().join("c1-icmp.pcap");
+    sh(&format!("ip -n {c1} link set dev eth0 mtu 1500"));
+    assert_eq!(link_mtu(&c1, "eth0"), 1500);
+    // (After the MTU change: libpcap's ring does not survive one.)
+    let capture = Capture::start(&c1, "eth0", "icmp", &capture_path);
+    // Without -q: ping prints each "Frag needed" / "message too long" line.
+    let big = sh_output(&format!(
+        "ip netns exec {c1} ping -n -c 3 -i 0.2 -W 2 -M do -s 1472 {ip2}"
+    ));
+    let big_text = stdout(&big);
+    let (frames, dropped) = capture.stop();
+    assert!(
+        !big.status.success(),
+        "1500-byte DF ping must fail: {big_text}"
+    );
+    assert!(
+        big_text.contains("mtu = 1350") || big_text.contains("mtu=1350"),
+        "ping reports the path MTU: {big_text}"
+    );
+    assert_eq!(dropped, 0, "capture complete");
+
+    // The ICMP error, parsed from the capture in c1.
+    let errors = frag_needed_messages(&frames);
+    assert!(
+        !errors.is_empty(),
+        "no ICMP frag-needed in {} frames; ping: {big_text}",
+        frames.len()
+    );
+    for e in &errors {
+        assert_eq!(e.mtu, 1350, "next-hop MTU: {e:?}");
+        assert_eq!(
+            (e.from, e.to),
+            (ip2, ip1),
+            "appears to come from the destination"
+        );
+        assert_eq!(
+            (e.quoted_src, e.quoted_dst),
+            (ip1, ip2),
+            "quotes our packet"
+        );
+        assert_eq!(e.quoted_len, 1500, "quotes the 1500-byte packet");
+        assert!(e.checksums_ok, "IPv4 and ICMP checksums: {e:?}");
+    }
+
+    // The kernel cached the path MTU; the router counted the drop.
+    let route = sh(&format!("ip -n {c1} route get {ip2}"));
+    assert!(route.contains("mtu 1350"), "cached PMTU: {route}");
+    let too_big = counter(&cluster.agents[0], "drop.too_big");
+    assert!(too_big > 0, "drop.too_big counts the drop");
+
+    // No black hole: a full-size DF ping at the learned MTU works, and the same 1500-byte
+    // ping without DF is fragmented by the kernel to the path MTU and gets through.
+    let out = cluster.ping(&c1, &ip2.to_string(), 3, "-M do -s 1322");
+    assert!(
+        out.status.success(),
+        "DF ping at the PMTU: {}",
+        stdout(&out)
+    );
+    let out = cluster.ping(&c1, &ip2.to_string(), 3, "-M want -s 1472");
+    assert!(
+        out.status.success(),
+        "1500-byte ping, fragmented: {}",
+        stdout(&out)
+    );
+    let too_big_after = counter(&cluster.agents[0], "drop.too_big");
+    assert_eq!(
+        too_big_after, too_big,
+        "nothing too big after the PMTU update"
+    );
+
+    eprintln!(
+        "dp_mtu: eth0/bridge 1350, TAP/host veth 65521; {} frag-needed (mtu {}) in {} frames; \
+         drop.too_big {too_big}; route: {}; {:.1?}",
+        errors.len(),
+        errors[0].mtu,
+        frames.len(),
+        route.split_whitespace().collect::<Vec<_>>().join(" "),
+        started.elapsed()
+    );
+}
