@@ -39,6 +39,18 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// `--metrics`.
     pub metrics: Option<SocketAddr>,
+    /// `--offload` (`on` or `off`).
+    pub offload: Option<Offload>,
+}
+
+/// `--offload on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Offload {
+    /// TAP vnet header with TSO, UDP GSO/GRO, segment and coalesce in userspace.
+    On,
+    /// One frame per syscall.
+    Off,
 }
 
 /// A configuration that cannot be used.
@@ -102,6 +114,7 @@ impl Settings {
             mtu: self.mtu.or(file.mtu),
             workers: self.workers.or(file.workers),
             metrics: self.metrics.or(file.metrics),
+            offload: self.offload.or(file.offload),
         }
     }
 
@@ -134,6 +147,7 @@ impl Settings {
             mtu: self.mtu,
             workers: self.workers.unwrap_or(2).max(1),
             metrics: self.metrics,
+            offload: self.offload != Some(Offload::Off),
         })
     }
 }

@@ -68,6 +68,8 @@ pub struct AgentConfig {
     pub workers: usize,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Use TAP and UDP offloads (TSO/GSO/GRO); off: one frame per syscall.
+    pub offload: bool,
 }
 
 /// Why the agent could not start or had to stop.
@@ -233,6 +235,7 @@ impl Agent {
                 underlay: IpAddr::V4(config.underlay),
                 vxlan_port: config.vxlan_port,
                 workers: config.workers,
+                offload: config.offload,
                 ..DataPlaneConfig::default()
             },
             Arc::clone(&fib),

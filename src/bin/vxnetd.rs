@@ -55,6 +55,9 @@ struct Flags {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// TAP/UDP offloads (TSO, GSO, GRO) [default: on]; off is the plain one-frame-per-syscall path.
+    #[arg(long, value_enum)]
+    offload: Option<vxnet::config::Offload>,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         mtu: flags.mtu,
         workers: flags.workers,
         metrics: flags.metrics,
+        offload: flags.offload,
     };
     let config = match from_flags.over(file).into_agent_config() {
         Ok(config) => config,

@@ -49,6 +49,9 @@ pub struct DataPlaneConfig {
     pub send_sockets: usize,
     /// Receive buffer per receive socket (forced past `rmem_max` as root).
     pub rcvbuf_bytes: usize,
+    /// Use TAP offloads (vnet header, TSO super-frames) and UDP GSO/GRO; `false` is the plain
+    /// one-frame-per-syscall path (`vxnetd --offload off`).
+    pub offload: bool,
 }
 
 impl Default for DataPlaneConfig {
@@ -60,6 +63,7 @@ impl Default for DataPlaneConfig {
             send_sockets: 8,
             // 10k MTU-sized datagrams in flight without a drop (each costs ~2 KiB of truesize).
             rcvbuf_bytes: 32 << 20,
+            offload: true,
         }
     }
 }
