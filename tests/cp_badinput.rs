@@ -1,0 +1,715 @@
+//! Bad input for the control plane (issue #4): garbage on the API socket, malformed and hostile
+//! peer traffic on port 7946 from a stranger on the underlay, and conflicting requests through
+//! the CLI. The agents must answer an error or close, keep serving, and lose nothing.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use serde_json::Value;
+use support::*;
+use vxnet_controlplane::transport::PeerConnection;
+use vxnet_dataplane::io::{NamedNetns, NetnsHandle};
+use vxnet_proto::peer_envelope::Body;
+use vxnet_proto::{
+    ApiResponse, JoinRequest, PeerEnvelope, RegisterHost, api_response::Kind as Resp,
+};
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// What the agent did with raw bytes written to its API socket.
+#[derive(Debug)]
+enum ApiAnswer {
+    /// It closed the connection without a frame.
+    Closed,
+    /// It answered with an error.
+    Error(String),
+    /// It answered with something else (a valid response).
+    Other(#[allow(dead_code)] Box<ApiResponse>),
+}
+
+/// Writes `bytes` to the API socket (then half-closes if `eof`) and reads the answer.
+fn raw_api(socket: &Path, bytes: &[u8], eof: bool) -> ApiAnswer {
+    let mut s = UnixStream::connect(socket).expect("connect API socket");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    // The agent may close while we still write (e.g. after a bad length prefix).
+    let _ = s.write_all(bytes);
+    if eof {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+    read_api_answer(&mut s)
+}
+
+fn read_api_answer(s: &mut UnixStream) -> ApiAnswer {
+    let mut buf = Vec::new();
+    match s.read_to_end(&mut buf) {
+        Ok(_) => {}
+        // The agent answered and closed with our extra bytes unread: the answer may be in buf.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("reading the API answer: {e}"),
+    }
+    if buf.is_empty() {
+        return ApiAnswer::Closed;
+    }
+    assert!(buf.len() >= 4, "truncated answer {buf:?}");
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    assert_eq!(buf.len(), 4 + len, "one frame, nothing after it");
+    let response = ApiResponse::decode(&buf[4..]).expect("the agent answers a valid frame");
+    match response.kind {
+        Some(Resp::Error(f)) => ApiAnswer::Error(f.message),
+        _ => ApiAnswer::Other(Box::new(response)),
+    }
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Garbage on the API socket: random bytes, a huge length prefix, a valid length with garbage
+/// prost, truncated frames, an empty request, a slow client, hundreds of idle connections
+/// announcing maximal frames. Each gets an error (or a close); the agent keeps serving.
+#[test]
+fn api_socket_survives_garbage() {
+    if !require_root("api_socket_survives_garbage") {
+        return;
+    }
+    let mut cluster = Cluster::new(
+        "ca",
+        ClusterOptions {
+            hosts: 1,
+            ..ClusterOptions::default()
+        },
+    );
+    let h1 = &cluster.agents[0];
+    h1.vxnet(&["network", "create", "--subnet", "10.51.0.0/24", "keep"]);
+    let before = h1.vxnet(&["network", "ls", "--format", "json", "--no-trunc"]);
+    let api = h1.api.clone();
+
+    // A slow client first: it must not hold up anybody else.
+    let mut slow = UnixStream::connect(&api).expect("connect");
+    slow.write_all(&[0, 0]).expect("write");
+    let slow_since = Instant::now();
+
+    // Random bytes (then EOF): whatever the first four say, the answer is an error.
+    for seed in 1..=20u64 {
+        let bytes = noise(seed, 1 + (seed as usize * 37) % 300);
+        match raw_api(&api, &bytes, true) {
+            ApiAnswer::Error(_) | ApiAnswer::Closed => {}
+            other => panic!("random bytes (seed {seed}) got {other:?}"),
+        }
+    }
+    // A huge length prefix is refused before anything is read or allocated.
+    match raw_api(&api, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3], false) {
+        ApiAnswer::Error(m) => assert!(m.contains("too large"), "{m}"),
+        other => panic!("huge prefix got {other:?}"),
+    }
+    // A valid length with garbage prost.
+    match raw_api(&api, &frame(&[0xff; 12]), false) {
+        ApiAnswer::Error(m) => assert!(m.contains("malformed"), "{m}"),
+        other => panic!("garbage prost got {other:?}"),
+    }
+    // A length larger than what follows, then EOF.
+    let mut short = 100u32.to_be_bytes().to_vec();
+    short.extend_from_slice(&[8; 10]);
+    match raw_api(&api, &short, true) {
+        ApiAnswer::Error(m) => assert!(m.contains("reading the request"), "{m}"),
+        other => panic!("truncated frame got {other:?}"),
+    }
+    // An empty message, and one with only an unknown field: valid prost, no request in it.
+    for body in [Vec::new(), vec![0xf8, 0x06, 0x01]] {
+        match raw_api(&api, &frame(&body), false) {
+            ApiAnswer::Error(m) => assert!(m.contains("empty request"), "{m}"),
+            other => panic!("empty request got {other:?}"),
+        }
+    }
+    // A connection closed at once, and one closed halfway through the prefix.
+    drop(UnixStream::connect(&api).expect("connect"));
+    let _ = raw_api(&api, &[0, 0], true);
+
+    // 200 idle connections announcing the largest allowed frame: memory stays bounded.
+    let pid = h1.pid().expect("agent pid");
+    let rss_before = rss_kib(pid);
+    let max = vxnet::api::MAX_FRAME as u32;
+    let idle: Vec<UnixStream> = (0..200)
+        .map(|_| {
+            let mut s = UnixStream::connect(&api).expect("connect");
+            s.write_all(&max.to_be_bytes()).expect("write");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let during = h1.vxnet(&["network", "ls", "--format", "json", "--no-trunc"]);
+    let ls_while_busy = t.elapsed();
+    assert_eq!(during, before);
+    let rss_during = rss_kib(pid);
+    drop(idle);
+    assert!(
+        rss_during < rss_before + 256 * 1024,
+        "200 idle max-size requests grew the agent from {rss_before} KiB to {rss_during} KiB"
+    );
+
+    // The slow client is told off after the agent's read timeout; everybody else was served.
+    match read_api_answer(&mut slow) {
+        ApiAnswer::Error(m) => assert!(m.contains("timed out"), "{m}"),
+        other => panic!("slow client got {other:?}"),
+    }
+    let slow_answered = slow_since.elapsed();
+
+    // Still serving, reads and writes, nothing lost.
+    assert!(cluster.agents[0].is_running(), "the agent is alive");
+    let h1 = &cluster.agents[0];
+    assert_eq!(
+        h1.vxnet(&["network", "ls", "--format", "json", "--no-trunc"]),
+        before
+    );
+    h1.vxnet(&["network", "create", "after"]);
+    let names = h1.vxnet(&["network", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(names, "after\nkeep\n");
+    eprintln!(
+        "cp_badinput: api garbage refused; ls with 200 idle max-frame connections {ls_while_busy:?}, \
+         RSS {rss_before} → {rss_during} KiB; slow client answered after {slow_answered:?}"
+    );
+}
+
+/// A namespace on the underlay switch that belongs to no agent: the stranger. Removed on drop.
+struct Stranger {
+    ns: NamedNetns,
+}
+
+impl Stranger {
+    fn new(cluster: &Cluster, ip: &str) -> Stranger {
+        let name = format!("{}-x", cluster.prefix);
+        let _ = sh_output(&format!("ip netns del {name} 2>/dev/null"));
+        let ns = NamedNetns::create(&name).expect("create the stranger's namespace");
+        let (p, sw) = (&cluster.prefix, format!("{}-sw", cluster.prefix));
+        sh(&format!(
+            "ip link add {p}x netns {name} type veth peer name {p}xs netns {sw} \
+             && ip -n {name} link set {p}x name ul0 && ip -n {name} addr add {ip}/24 dev ul0 \
+             && ip -n {name} link set ul0 up && ip -n {name} link set lo up \
+             && ip -n {sw} link set {p}xs master br0 up"
+        ));
+        Stranger { ns }
+    }
+
+    /// Runs `f` on a thread inside the stranger's namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        NetnsHandle::open(self.ns.name())
+            .expect("open the stranger's namespace")
+            .run(f)
+            .expect("enter the stranger's namespace")
+    }
+}
+
+/// Connects to `addr`, optionally reads the server's greeting, writes `bytes`, and returns how
+/// long the server took to close the connection (`None`: still open after `wait`).
+fn tcp_garbage(addr: &str, read_greeting: bool, bytes: &[u8], wait: Duration) -> Option<Duration> {
+    let mut s = TcpStream::connect(addr).expect("connect to the peer port");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    if read_greeting {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).expect("greeting length");
+        let len = u32::from_be_bytes(len) as usize;
+        assert!(len < 4096, "greeting of {len} bytes");
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).expect("greeting");
+        let env = PeerEnvelope::decode(body.as_slice()).expect("greeting decodes");
+        assert!(matches!(env.body, Some(Body::Hello(_))), "{env:?}");
+    }
+    let t = Instant::now();
+    let _ = s.write_all(bytes);
+    let mut sink = [0u8; 4096];
+    loop {
+        match s.read(&mut sink) {
+            Ok(0) => return Some(t.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None;
+            }
+            Err(_) => return Some(t.elapsed()),
+        }
+    }
+}
+
+/// Whether the server has closed `s` (reads what it sent, e.g. a greeting, up to EOF).
+fn is_closed(s: &TcpStream) -> bool {
+    let mut s: &TcpStream = s;
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut b = [0u8; 512];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => return e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+fn raft_term(agent: &Agent) -> u64 {
+    let stats: Value =
+        serde_json::from_str(&agent.vxnet(&["stats", "--format", "json"])).expect("stats json");
+    stats["raft.term"].as_u64().expect("raft.term")
+}
+
+/// Malformed and hostile peer traffic from a stranger on the underlay: random bytes, huge and
+/// lying length prefixes, a stalled handshake, a connection flood; and, with the token (empty in
+/// tests), join requests without a host or with a taken name, Raft messages on a join-only
+/// connection, undecodable or misaddressed Raft payloads. The agents keep serving and the
+/// cluster neither loses its leader nor changes.
+#[test]
+fn peer_port_survives_garbage() {
+    if !require_root("peer_port_survives_garbage") {
+        return;
+    }
+    let cluster = Cluster::new("cp", ClusterOptions::default());
+    let (h1, h2) = (&cluster.agents[0], &cluster.agents[1]);
+    h1.vxnet(&["network", "create", "--subnet", "10.52.0.0/24", "keep"]);
+    wait_for("h2 to see keep", Duration::from_secs(5), || {
+        h2.cli(&["network", "inspect", "keep"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let before = h1.vxnet(&["network", "ls", "--format", "json", "--no-trunc"]);
+    let members_before = h1.vxnet(&["cluster", "members", "--format", "json"]);
+    let term_before = raft_term(h1);
+    let cluster_id: u64 = std::fs::read_to_string(h1.data_dir.join("meta"))
+        .expect("h1 meta")
+        .lines()
+        .find_map(|l| l.strip_prefix("cluster_id="))
+        .and_then(|v| v.parse().ok())
+        .expect("cluster_id in meta");
+    let stranger = Stranger::new(&cluster, "192.168.200.99");
+    let target = "192.168.200.1:7946";
+
+    // Raw garbage before and after the greeting: closed, within the handshake timeout (5 s).
+    let closes = stranger.run(|| {
+        let mut huge_then_data = vec![0xff, 0xff, 0xff, 0xff];
+        huge_then_data.extend(noise(9, 1000));
+        let mut liar = 100u32.to_be_bytes().to_vec();
+        liar.extend(noise(3, 100));
+        let cases: Vec<(&str, bool, Vec<u8>)> = vec![
+            ("random 4 KiB, no greeting read", false, noise(1, 4096)),
+            ("random 4 KiB", true, noise(2, 4096)),
+            ("huge length prefix", true, huge_then_data),
+            ("valid length, garbage prost", true, liar),
+            ("a Hello with a bad MAC", true, {
+                let hello = PeerEnvelope {
+                    body: Some(Body::Hello(vxnet_proto::Hello {
+                        host_name: "x".into(),
+                        node_id: 1,
+                        nonce: vec![7; 16],
+                        auth: vec![0; 32],
+                    })),
+                    ..PeerEnvelope::default()
+                };
+                frame(&hello.encode_to_vec())
+            }),
+        ];
+        cases
+            .into_iter()
+            .map(|(what, greet, bytes)| {
+                let closed = tcp_garbage(target, greet, &bytes, Duration::from_secs(8));
+                (what, closed)
+            })
+            .collect::<Vec<_>>()
+    });
+    for (what, closed) in &closes {
+        let t = closed.unwrap_or_else(|| panic!("{what}: the agent kept the connection open"));
+        assert!(
+            t < Duration::from_secs(1),
+            "{what}: closed only after {t:?}"
+        );
+    }
+
+    // A flood of 300 silent connections (the agent has 256 slots) must not lock the peers out:
+    // a write on h2, forwarded to h1 over a new connection, goes through meanwhile.
+    let (flood_write, closed) = {
+        let flood: Vec<TcpStream> = stranger.run(|| {
+            (0..300)
+                .filter_map(|_| TcpStream::connect(target).ok())
+                .collect()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        let out = h2.cli(&["network", "create", "during-flood"]);
+        let flood_write = t.elapsed();
+        assert!(
+            out.status.success(),
+            "a forwarded write during the flood: {}",
+            stderr(&out)
+        );
+        // How many of the stranger's connections the agent has closed.
+        let closed = flood.iter().filter(|s| is_closed(s)).count();
+        (flood_write, closed)
+    };
+    assert!(
+        flood_write < Duration::from_secs(2),
+        "a forwarded write took {flood_write:?} while strangers held the peer port's slots"
+    );
+    assert!(
+        closed >= 44,
+        "only {closed} of 300 silent connections were dropped"
+    );
+
+    // With the token (empty here): join requests that must be refused, Raft on a join-only
+    // connection, undecodable and misaddressed Raft payloads on a member connection.
+    // Meanwhile, a stalled handshake (a length, part of a frame, silence) is dropped by the
+    // handshake timeout (5 s).
+    let (stalled, (join_answers, join_only_closed, member_kept, member_closed)) =
+        std::thread::scope(|s| {
+            let stalled = s.spawn(|| {
+                stranger.run(|| {
+                    let mut partial = 4000u32.to_be_bytes().to_vec();
+                    partial.extend_from_slice(&[0; 10]);
+                    tcp_garbage(target, true, &partial, Duration::from_secs(9))
+                })
+            });
+            let checks = token_checks(&stranger, target, cluster_id);
+            (stalled.join().expect("stalled"), checks)
+        });
+    let stalled = stalled.expect("a stalled handshake must be dropped");
+    assert!(
+        (Duration::from_secs(4)..Duration::from_secs(7)).contains(&stalled),
+        "stalled handshake dropped after {stalled:?}"
+    );
+    let (no_host, taken) = join_answers;
+    let error_of = |r: &vxnet_proto::JoinResponse| match &r.result {
+        Some(vxnet_proto::join_response::Result::Error(f)) => f.message.clone(),
+        other => panic!("join must be refused: {other:?}"),
+    };
+    assert!(error_of(&no_host).contains("without host"), "{no_host:?}");
+    assert!(error_of(&taken).contains("h2"), "{taken:?}");
+    assert!(
+        matches!(join_only_closed, Ok(Ok(None)) | Ok(Err(_))),
+        "a Raft message on a join-only connection closes it: {join_only_closed:?}"
+    );
+    assert!(
+        member_kept,
+        "undecodable Raft payloads are dropped, not fatal"
+    );
+    assert!(
+        matches!(member_closed, Ok(Ok(None)) | Ok(Err(_))),
+        "an oversized frame closes the connection: {member_closed:?}"
+    );
+
+    // Both agents alive and serving; same leader and term; nothing changed but during-flood.
+    let h1 = &cluster.agents[0];
+    let h2 = &cluster.agents[1];
+    assert_eq!(raft_term(h1), term_before, "no election was caused");
+    assert_eq!(
+        h1.vxnet(&["cluster", "members", "--format", "json"]),
+        members_before
+    );
+    let names = h1.vxnet(&["network", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(names, "during-flood\nkeep\n");
+    h2.vxnet(&["network", "rm", "during-flood"]);
+    assert_eq!(
+        h1.vxnet(&["network", "ls", "--format", "json", "--no-trunc"]),
+        before
+    );
+    eprintln!(
+        "cp_badinput: peer garbage closed in {:?}; stalled handshake dropped after {stalled:?}; \
+         forwarded write during a 300-connection flood took {flood_write:?} ({closed} of 300 dropped)",
+        closes.iter().map(|(_, t)| t.unwrap_or_default()).max()
+    );
+}
+
+/// Conflicting names, subnets, VNIs and addresses through the CLI, on the leader and on a
+/// follower (forwarded): docker-like errors on stderr, a non-zero exit, and the state unchanged.
+#[test]
+fn cli_conflicts_are_refused_and_change_nothing() {
+    if !require_root("cli_conflicts_are_refused_and_change_nothing") {
+        return;
+    }
+    let mut cluster = Cluster::new("cb", ClusterOptions::default());
+    let c1 = cluster.container();
+    let c2 = cluster.container();
+    let (h1, h2) = (&cluster.agents[0], &cluster.agents[1]);
+    h1.vxnet(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.50.0.0/24",
+        "--vni",
+        "5000",
+        "alpha",
+    ]);
+    h1.vxnet(&["network", "create", "beta"]);
+    wait_for("h2 to see beta", Duration::from_secs(5), || {
+        h2.cli(&["network", "inspect", "beta"])
+            .status
+            .success()
+            .then_some(())
+    });
+    h2.vxnet(&["network", "connect", "--ip", "10.50.0.10", "alpha", &c1]);
+    let snapshot = |a: &Agent| {
+        (
+            a.vxnet(&["network", "ls", "--format", "json", "--no-trunc"]),
+            a.vxnet(&["network", "inspect", "alpha", "beta"]),
+        )
+    };
+    let before = snapshot(h1);
+    wait_for("h2 to agree", Duration::from_secs(5), || {
+        (snapshot(h2) == before).then_some(())
+    });
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["network", "create", "alpha"],
+            "network with name alpha already exists",
+        ),
+        (
+            &["network", "create", "--subnet", "10.50.0.128/25", "gamma"],
+            "Pool overlaps with other one on this address space",
+        ),
+        (
+            &["network", "create", "--vni", "5000", "gamma"],
+            "VNI 5000 is already used by network alpha",
+        ),
+        (
+            &["network", "create", "--vni", "16777216", "gamma"],
+            "out of range",
+        ),
+        (
+            &["network", "create", "--subnet", "10.60.0.0/33", "gamma"],
+            "invalid subnet",
+        ),
+        (
+            &["network", "create", "--subnet", "10.61.0.0/31", "gamma"],
+            "too small",
+        ),
+        (
+            &["network", "create", "-d", "bridge", "gamma"],
+            "plugin \"bridge\" not found",
+        ),
+        (&["network", "create", ""], "network name must not be empty"),
+        (
+            &["network", "connect", "--ip", "10.50.0.10", "alpha", &c2],
+            "address 10.50.0.10 already in use",
+        ),
+        (
+            &["network", "connect", "--ip", "10.99.0.1", "alpha", &c2],
+            "outside the address pool",
+        ),
+        (
+            &["network", "connect", "--ip", "10.50.0.1", "alpha", &c2],
+            "reserved",
+        ),
+        (
+            &["network", "connect", "--ip", "10.50.0.300", "alpha", &c2],
+            "invalid requested address",
+        ),
+        (
+            &["network", "connect", "alpha", &c1],
+            "already exists in network alpha",
+        ),
+        (
+            &["network", "connect", "nosuch", &c2],
+            "network nosuch not found",
+        ),
+        (
+            &["network", "connect", "alpha", "no-such-netns"],
+            "sandbox no-such-netns",
+        ),
+        (
+            &["network", "disconnect", "beta", &c1],
+            "is not connected to network beta",
+        ),
+        (&["network", "rm", "alpha"], "has active endpoints"),
+        (&["network", "rm", "nosuch"], "network nosuch not found"),
+        (
+            &["network", "inspect", "nosuch"],
+            "network nosuch not found",
+        ),
+        (
+            &["fdb", "add", "alpha", "--vtep", "not-an-ip"],
+            "invalid VTEP address",
+        ),
+        (
+            &[
+                "fdb",
+                "add",
+                "alpha",
+                "--vtep",
+                "192.168.200.50",
+                "--mac",
+                "02:00:00:00:00:01",
+                "--ip",
+                "10.50.0.10",
+            ],
+            "address 10.50.0.10 already in use",
+        ),
+        (&["cluster", "rm", "h9"], "h9"),
+    ];
+    for agent in [h1, h2] {
+        for (args, want) in cases {
+            let out = agent.cli(args);
+            let err = stderr(&out);
+            assert!(
+                !out.status.success(),
+                "vxnet {} on {} must fail; stdout: {}",
+                args.join(" "),
+                agent.name,
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(
+                err.starts_with("Error response from daemon: ") && err.contains(want),
+                "vxnet {} on {}: stderr {err:?} should be a daemon error containing {want:?}",
+                args.join(" "),
+                agent.name
+            );
+        }
+    }
+    // Nothing changed, on either host.
+    assert_eq!(snapshot(h1), before, "h1's state is unchanged");
+    assert_eq!(snapshot(h2), before, "h2's state is unchanged");
+    // The refused connects left no link behind, and the good endpoint still has its address.
+    assert!(
+        !cluster.links(&c2).iter().any(|l| l.starts_with("eth")),
+        "{:?}",
+        cluster.links(&c2)
+    );
+    assert_eq!(cluster.ipv4_of(&c1, "eth0"), "10.50.0.10");
+    // And the refused requests cost nothing: the same requests, made valid, go through.
+    h2.vxnet(&["network", "connect", "alpha", &c2]);
+    h2.vxnet(&["network", "create", "--vni", "5001", "gamma"]);
+    eprintln!(
+        "cp_badinput: {} conflicting CLI calls refused on each host",
+        cases.len()
+    );
+}
+
+type TokenChecks = (
+    (vxnet_proto::JoinResponse, vxnet_proto::JoinResponse),
+    Result<
+        Result<Option<PeerEnvelope>, vxnet_controlplane::transport::TransportError>,
+        tokio::time::error::Elapsed,
+    >,
+    bool,
+    Result<
+        Result<Option<PeerEnvelope>, vxnet_controlplane::transport::TransportError>,
+        tokio::time::error::Elapsed,
+    >,
+);
+
+/// With the token (empty in tests), from the stranger's namespace: join requests that must be
+/// refused, a Raft message on a join-only connection, undecodable and misaddressed Raft
+/// payloads then an oversized frame on a member connection.
+fn token_checks(stranger: &Stranger, target: &str, cluster_id: u64) -> TokenChecks {
+    stranger.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let t = Duration::from_secs(5);
+            let join = |host: Option<RegisterHost>| async move {
+                let request = JoinRequest {
+                    request_id: noise(host.is_some() as u64 + 11, 16),
+                    host,
+                };
+                vxnet_controlplane::transport::join(target, None, "stranger", request, t).await
+            };
+            let no_host = join(None).await.expect("join answer");
+            let taken = join(Some(RegisterHost {
+                name: "h2".into(),
+                underlay: "192.168.200.99".into(),
+                peer_addr: "192.168.200.99:7946".into(),
+            }))
+            .await
+            .expect("join answer");
+
+            // Join-only connection: a Raft message closes it.
+            let mut c = PeerConnection::connect(target, None, "stranger", 0, 0, t)
+                .await
+                .expect("join-only handshake");
+            let raft = PeerEnvelope {
+                cluster_id: 0,
+                from: 0,
+                to: 1,
+                body: Some(Body::RaftMessage(vec![1, 2, 3])),
+            };
+            c.send(&raft).await.expect("send");
+            let join_only_closed = tokio::time::timeout(t, c.recv()).await;
+
+            // Member connection (node 99 of the right cluster): bad payloads are dropped and
+            // the connection kept; a frame over the limit closes it.
+            let mut c = PeerConnection::connect(target, None, "stranger", 99, cluster_id, t)
+                .await
+                .expect("member handshake");
+            for bytes in [noise(5, 64), vec![0xff; 3]] {
+                let env = PeerEnvelope {
+                    cluster_id,
+                    from: 99,
+                    to: 1,
+                    body: Some(Body::RaftMessage(bytes)),
+                };
+                c.send(&env).await.expect("send garbage raft");
+            }
+            // A well-formed heartbeat for somebody else.
+            let mut m = raft::eraftpb::Message::default();
+            m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+            m.to = 7;
+            m.from = 99;
+            m.term = 1_000_000;
+            let env = PeerEnvelope {
+                cluster_id,
+                from: 99,
+                to: 7,
+                body: Some(Body::RaftMessage(
+                    vxnet_controlplane::node::encode_raft_message(&m).expect("encode"),
+                )),
+            };
+            c.send(&env).await.expect("send misaddressed");
+            let member_kept = tokio::time::timeout(Duration::from_millis(500), c.recv())
+                .await
+                .is_err();
+            c.send_raw(&[0x7f, 0xff, 0xff, 0xff]).await.expect("send");
+            let member_closed = tokio::time::timeout(t, c.recv()).await;
+            (
+                (no_host, taken),
+                join_only_closed,
+                member_kept,
+                member_closed,
+            )
+        })
+    })
+}
