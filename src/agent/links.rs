@@ -46,6 +46,18 @@ pub fn host_veth_name(endpoint_id: &str) -> String {
     format!("vxv{}", endpoint_id.get(..12).unwrap_or(endpoint_id))
 }
 
+/// Frames the kernel dropped at network `vni`'s TAP because the agent did not read them in time
+/// (its queue was full): the one drop the data plane cannot count itself.
+pub fn tap_queue_drops(vni: Vni) -> u64 {
+    std::fs::read_to_string(format!(
+        "/sys/class/net/{}/statistics/tx_dropped",
+        tap_name(vni)
+    ))
+    .ok()
+    .and_then(|text| text.trim().parse().ok())
+    .unwrap_or(0)
+}
+
 /// What the reconciler found and did.
 #[derive(Debug, Default)]
 pub struct ReconcileReport {

@@ -66,7 +66,7 @@ impl Collector for AgentCollector {
         };
         let view = agent.driver.view();
         let fib = agent.fib.load();
-        let mut per_network: [Vec<Row<u64>>; 5] = Default::default();
+        let mut per_network: [Vec<Row<u64>>; 6] = Default::default();
         for table in fib.networks() {
             let name = view
                 .state
@@ -82,11 +82,19 @@ impl Collector for AgentCollector {
                 c.tx_packets,
                 c.tx_bytes,
                 c.suppressed,
+                super::links::tap_queue_drops(table.vni()),
             ]) {
                 rows.push((labels.clone(), value));
             }
         }
-        let [rx_packets, rx_bytes, tx_packets, tx_bytes, suppressed] = per_network;
+        let [
+            rx_packets,
+            rx_bytes,
+            tx_packets,
+            tx_bytes,
+            suppressed,
+            tap_drops,
+        ] = per_network;
         counter(
             &mut encoder,
             "vxnet_network_rx_packets",
@@ -116,6 +124,12 @@ impl Collector for AgentCollector {
             "vxnet_network_arp_nd_suppressed",
             "ARP requests and neighbour solicitations answered locally",
             &suppressed,
+        )?;
+        counter(
+            &mut encoder,
+            "vxnet_network_tap_queue_drops",
+            "Frames the kernel dropped at the network's TAP because the agent read too slowly",
+            &tap_drops,
         )?;
         let drops: Vec<_> = agent
             .stats

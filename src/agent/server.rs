@@ -476,6 +476,10 @@ fn stats(agent: &Agent) -> ApiResponse {
         counters.insert(format!("net.{name}.tx_packets"), c.tx_packets);
         counters.insert(format!("net.{name}.tx_bytes"), c.tx_bytes);
         counters.insert(format!("net.{name}.arp_nd_suppressed"), c.suppressed);
+        counters.insert(
+            format!("net.{name}.tap_queue_drops"),
+            super::links::tap_queue_drops(table.vni()),
+        );
     }
     counters.insert("fib.mac_entries".into(), fib.mac_count() as u64);
     counters.insert("raft.term".into(), view.term);
