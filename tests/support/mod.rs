@@ -372,9 +372,9 @@ impl Drop for Cluster {
 const TCP_SINK: &str = r#"
 import hashlib, socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1); s.settimeout(60)
 print("listening", flush=True)
-c, _ = s.accept(); h = hashlib.sha256(); n = 0
+c, _ = s.accept(); c.settimeout(120); h = hashlib.sha256(); n = 0
 while True:
     d = c.recv(1 << 16)
     if not d: break
@@ -417,15 +417,30 @@ impl Cluster {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn sink");
-        let mut lines = BufReader::new(receiver.stdout.take().expect("sink stdout")).lines();
+        // Kill the receiver on every path, so a failed transfer leaves no process behind.
+        struct KillOnDrop(std::process::Child);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let stdout = receiver.stdout.take().expect("sink stdout");
+        let _receiver = KillOnDrop(receiver);
+        let mut lines = BufReader::new(stdout).lines();
         let ready = lines.next().and_then(Result::ok).unwrap_or_default();
         assert_eq!(ready, "listening");
-        let sent = sh(&format!(
+        let sender = sh_output(&format!(
             "timeout 120 ip netns exec {from_ns} python3 {} {to_ip} 5001 {bytes}",
             source.display()
         ));
+        let sent = String::from_utf8_lossy(&sender.stdout).trim().to_string();
+        assert!(
+            sender.status.success(),
+            "sender failed: {sent} {}",
+            String::from_utf8_lossy(&sender.stderr)
+        );
         let received = lines.next().and_then(Result::ok).unwrap_or_default();
-        let _ = receiver.wait();
-        (sent.trim().to_string(), received.trim().to_string())
+        (sent, received.trim().to_string())
     }
 }
