@@ -20,6 +20,9 @@ pub enum TemplateError {
 enum Arg {
     Path(Vec<String>),
     Str(String),
+    Num(u64),
+    /// `(index .X "k").Field`: a parenthesized call, then a field path into its result.
+    Call(Box<Node>, Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +115,7 @@ fn parse_nodes(
                         };
                         nodes.push(Node::Index(target.clone(), keys.to_vec()));
                     }
-                    word if word.starts_with('.') || word.starts_with('"') => {
+                    word if word.starts_with(['.', '"', '(']) => {
                         if words.len() != 1 {
                             return Err(TemplateError::Parse(format!("unexpected {:?}", words[1])));
                         }
@@ -142,6 +145,38 @@ fn one_arg(words: &[String]) -> Result<Arg, TemplateError> {
 }
 
 fn parse_arg(word: &str) -> Result<Arg, TemplateError> {
+    if let Some(inner) = word.strip_prefix('(') {
+        let close = inner
+            .rfind(')')
+            .ok_or_else(|| TemplateError::Parse(format!("unclosed parenthesis in {word}")))?;
+        let (call, rest) = (&inner[..close], &inner[close + 1..]);
+        let words = split_words(call)?;
+        let node = match words.first().map(String::as_str) {
+            Some("index") => {
+                let args: Vec<Arg> = words[1..]
+                    .iter()
+                    .map(|w| parse_arg(w))
+                    .collect::<Result<_, _>>()?;
+                let Some((target, keys)) = args.split_first() else {
+                    return Err(TemplateError::Parse("index needs arguments".into()));
+                };
+                Node::Index(target.clone(), keys.to_vec())
+            }
+            Some("len") => Node::Len(one_arg(&words)?),
+            Some(w) if w.starts_with('.') || w.starts_with('"') => Node::Print(parse_arg(w)?),
+            Some(other) => return Err(TemplateError::UnknownFunction(other.to_string())),
+            None => return Err(TemplateError::Parse("empty parentheses".into())),
+        };
+        let path = rest
+            .split('.')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        return Ok(Arg::Call(Box::new(node), path));
+    }
+    if let Ok(n) = word.parse::<u64>() {
+        return Ok(Arg::Num(n));
+    }
     if let Some(s) = word.strip_prefix('"') {
         return s
             .strip_suffix('"')
@@ -181,10 +216,16 @@ fn split_words(action: &str) -> Result<Vec<String>, TemplateError> {
             }
             words.push(word);
         } else {
-            let mut word = String::new();
+            let (mut word, mut depth, mut quoted) = (String::new(), 0usize, false);
             while let Some(&c) = chars.peek() {
-                if c.is_whitespace() {
+                if c.is_whitespace() && depth == 0 && !quoted {
                     break;
+                }
+                match c {
+                    '"' => quoted = !quoted,
+                    '(' if !quoted => depth += 1,
+                    ')' if !quoted => depth = depth.saturating_sub(1),
+                    _ => {}
                 }
                 word.push(c);
                 chars.next();
@@ -197,7 +238,15 @@ fn split_words(action: &str) -> Result<Vec<String>, TemplateError> {
 
 fn resolve<'a>(arg: &Arg, data: &'a Value) -> Option<std::borrow::Cow<'a, Value>> {
     match arg {
+        Arg::Call(node, path) => {
+            let mut v = evaluate(node, data)?;
+            for key in path {
+                v = v.get(key)?.clone();
+            }
+            Some(std::borrow::Cow::Owned(v))
+        }
         Arg::Str(s) => Some(std::borrow::Cow::Owned(Value::String(s.clone()))),
+        Arg::Num(n) => Some(std::borrow::Cow::Owned(Value::from(*n))),
         Arg::Path(path) => {
             let mut v = data;
             for key in path {
@@ -206,6 +255,40 @@ fn resolve<'a>(arg: &Arg, data: &'a Value) -> Option<std::borrow::Cow<'a, Value>
             Some(std::borrow::Cow::Borrowed(v))
         }
     }
+}
+
+/// The value a node produces (for `index` and `len` inside parentheses).
+fn evaluate(node: &Node, data: &Value) -> Option<Value> {
+    match node {
+        Node::Index(target, keys) => index_value(target, keys, data),
+        Node::Len(arg) => Some(Value::from(length(arg, data))),
+        Node::Print(arg) => resolve(arg, data).map(|v| v.into_owned()),
+        _ => None,
+    }
+}
+
+fn index_value(target: &Arg, keys: &[Arg], data: &Value) -> Option<Value> {
+    let mut current = resolve(target, data).map(|v| v.into_owned());
+    for key in keys {
+        let key = resolve(key, data).map(|v| v.into_owned());
+        current = match (current, key) {
+            (Some(Value::Object(map)), Some(Value::String(k))) => map.get(&k).cloned(),
+            (Some(Value::Array(items)), Some(Value::Number(n))) => {
+                n.as_u64().and_then(|i| items.get(i as usize).cloned())
+            }
+            _ => None,
+        };
+    }
+    current
+}
+
+fn length(arg: &Arg, data: &Value) -> usize {
+    resolve(arg, data).map_or(0, |v| match &*v {
+        Value::Array(a) => a.len(),
+        Value::Object(o) => o.len(),
+        Value::String(s) => s.len(),
+        _ => 0,
+    })
 }
 
 /// Go's default formatting: strings bare, maps as `map[k:v]`, null as `<no value>`.
@@ -242,29 +325,10 @@ fn render_nodes(nodes: &[Node], data: &Value, out: &mut String) {
             Node::Json(arg) => {
                 out.push_str(&resolve(arg, data).map_or("null".into(), |v| v.to_string()))
             }
-            Node::Len(arg) => {
-                let n = resolve(arg, data).map_or(0, |v| match &*v {
-                    Value::Array(a) => a.len(),
-                    Value::Object(o) => o.len(),
-                    Value::String(s) => s.len(),
-                    _ => 0,
-                });
-                out.push_str(&n.to_string());
-            }
-            Node::Index(target, keys) => {
-                let mut current = resolve(target, data).map(|v| v.into_owned());
-                for key in keys {
-                    let key = resolve(key, data).map(|v| v.into_owned());
-                    current = match (current, key) {
-                        (Some(Value::Object(map)), Some(Value::String(k))) => map.get(&k).cloned(),
-                        (Some(Value::Array(items)), Some(Value::Number(n))) => {
-                            n.as_u64().and_then(|i| items.get(i as usize).cloned())
-                        }
-                        _ => None,
-                    };
-                }
-                out.push_str(&current.map_or("<no value>".into(), |v| go_format(&v)));
-            }
+            Node::Len(arg) => out.push_str(&length(arg, data).to_string()),
+            Node::Index(target, keys) => out.push_str(
+                &index_value(target, keys, data).map_or("<no value>".into(), |v| go_format(&v)),
+            ),
             Node::Range(arg, body) => match resolve(arg, data).as_deref() {
                 Some(Value::Array(items)) => {
                     for item in items {
@@ -321,6 +385,15 @@ mod tests {
         assert_eq!(render("{{len .Containers}}", &net), "2");
         assert_eq!(render("{{ .Missing }}", &net), "<no value>");
         assert_eq!(render("{{.Labels}}", &net), "map[env:prod]");
+        assert_eq!(
+            render(r#"{{(index .Containers "a").IPv4Address}}"#, &net),
+            "10.20.0.2/24"
+        );
+        assert_eq!(render(r#"{{json (index .IPAM.Config 0)}}"#, &net).len(), 47);
+        assert_eq!(
+            render(r#"{{(index .Containers "zz").Name}}"#, &net),
+            "<no value>"
+        );
     }
 
     #[test]
