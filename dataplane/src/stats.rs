@@ -40,6 +40,7 @@ drop_reasons! {
     LoopGuard => "loop_guard", "The source MAC lives on the other side (a frame came back, or a MAC is spoofed).";
     NoRoute => "no_route", "Unicast to an unknown MAC and no remote member VTEP to flood to.";
     TooBig => "too_big", "The frame is larger than the network's MTU allows on the underlay.";
+    BadGso => "bad_gso", "A TAP frame's virtio_net_hdr asks for an offload vxnet does not do (UDP GSO, unknown gso_type) or does not match the frame (gso_size 0, checksum offsets, headers).";
     // Ingress: datagrams from the underlay UDP socket.
     ShortDatagram => "short_datagram", "A UDP payload shorter than a VXLAN header.";
     BadVxlanFlags => "bad_vxlan_flags", "The VXLAN I flag is not set (RFC 7348: the frame must be dropped).";
@@ -65,6 +66,14 @@ impl WorkerStats {
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` dropped packets at once (e.g. the segments of one TCP super-frame).
+    #[inline]
+    pub fn count_drops(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// The current count for one reason.
@@ -104,6 +113,13 @@ impl NetworkCounters {
     pub(crate) fn add_tx(&self, bytes: usize) {
         self.tx_packets.fetch_add(1, Ordering::Relaxed);
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `packets` frames of `bytes` in total sent (the segments of a super-frame).
+    #[inline]
+    pub(crate) fn add_tx_many(&self, packets: u64, bytes: u64) {
+        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// A plain copy of the counters.

@@ -30,7 +30,8 @@ pub struct TapOptions {
     pub vnet_hdr: bool,
     /// Create a multiqueue device (`IFF_MULTI_QUEUE`); more queues come from [`Tap::open_queue`].
     pub multi_queue: bool,
-    /// Accept checksum and segmentation offloads (`TUNSETOFFLOAD`); needs `vnet_hdr`.
+    /// Accept checksum and TCP segmentation offloads (`TUNSETOFFLOAD` with CSUM, TSO4 and TSO6;
+    /// never USO, see [`TapOffloads::uso4`]); needs `vnet_hdr`.
     pub offload: bool,
 }
 
@@ -44,7 +45,8 @@ pub struct TapOffloads {
     pub tso4: bool,
     /// `TUN_F_TSO6`: TCP/IPv6 super-frames.
     pub tso6: bool,
-    /// `TUN_F_USO4`: UDP/IPv4 super-frames (kernel ≥ 6.2).
+    /// `TUN_F_USO4`: UDP/IPv4 super-frames (kernel ≥ 6.2). Never requested by [`Tap::open`]:
+    /// vxnet segments TCP only, so the kernel must segment UDP before the TAP.
     pub uso4: bool,
     /// `TUN_F_USO6`: UDP/IPv6 super-frames (kernel ≥ 6.2).
     pub uso6: bool,
@@ -280,24 +282,19 @@ fn tunsetiff(name: &str, options: TapOptions) -> Result<(File, String)> {
     Ok((file, real))
 }
 
-/// TUNSETOFFLOAD with CSUM+TSO4+TSO6, plus USO4+USO6 when the kernel knows them.
+/// TUNSETOFFLOAD with CSUM+TSO4+TSO6.
+///
+/// USO (`TUN_F_USO4/6`, kernel ≥ 6.2) is deliberately not requested: with it the kernel would
+/// hand us UDP super-frames (`gso_type` UDP_L4), and vxnet's segmenter
+/// ([`crate::offload::segment_tcp`]) splits TCP only. Without it the kernel segments UDP in
+/// software before the TAP, so UDP frames arrive MTU-sized (with a partial checksum at most).
 fn set_offloads(fd: RawFd, name: &str) -> Result<TapOffloads> {
-    let base = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
-    let with_uso = base | libc::TUN_F_USO4 | libc::TUN_F_USO6;
-    for bits in [with_uso, base] {
-        // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned int), no pointer.
-        if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, bits as libc::c_ulong) } == 0 {
-            return Ok(TapOffloads::from_bits(bits));
-        }
-        let err = std::io::Error::last_os_error();
-        // Kernels before 6.2 reject unknown USO bits with EINVAL: retry without them.
-        if err.raw_os_error() != Some(libc::EINVAL) || bits == base {
-            return Err(IoError::os(format!("TUNSETOFFLOAD on {name}"), err));
-        }
+    let bits = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned int), no pointer.
+    if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, bits as libc::c_ulong) } < 0 {
+        return Err(IoError::last_os(format!("TUNSETOFFLOAD on {name}")));
     }
-    Err(IoError::Invalid(format!(
-        "TUNSETOFFLOAD on {name}: no offload set accepted"
-    )))
+    Ok(TapOffloads::from_bits(bits))
 }
 
 pub(crate) fn set_nonblocking(fd: RawFd, nonblocking: bool) -> std::io::Result<()> {

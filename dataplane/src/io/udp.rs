@@ -353,8 +353,9 @@ impl VxlanSocket {
     /// Sends `buf` to `dst` as datagrams of `segment_size` bytes (the last may be shorter), with
     /// one `UDP_SEGMENT` send per up to [`GSO_MAX_SEGMENTS`] segments when the kernel can, else
     /// one send per datagram. Returns the bytes sent (all of `buf` unless an error stopped it;
-    /// an error before anything was sent is returned as `Err`). `segment_size` plus the outer
-    /// headers must fit the route's MTU, else the kernel refuses the GSO send (`EINVAL`).
+    /// an error before anything was sent is returned as `Err`). When `segment_size` plus the
+    /// outer headers exceeds the route's MTU the kernel refuses the GSO send (`EMSGSIZE`): the
+    /// chunk then goes one datagram per segment, fragmented by IP like a plain send.
     pub fn send_gso(
         &self,
         dst: SocketAddr,
@@ -376,6 +377,12 @@ impl VxlanSocket {
                     // EIO: the route's device cannot checksum GSO segments; never try again.
                     Err(e) if e.raw_os_error() == Some(libc::EIO) => {
                         self.gso.store(false, Ordering::Relaxed);
+                        self.send_segments(dst, chunk, segment_size)
+                    }
+                    // EMSGSIZE (EINVAL before Linux 6.x): the segments do not fit the route's
+                    // MTU (the kernel never fragments GSO segments). One datagram per segment,
+                    // which IP may fragment, as without GSO; GSO stays on for other sizes.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL)) => {
                         self.send_segments(dst, chunk, segment_size)
                     }
                     other => other,

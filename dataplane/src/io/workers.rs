@@ -5,6 +5,23 @@
 //! queue of every network's multiqueue TAP (the kernel spreads flows across queues). So a flow
 //! stays on one worker and is never reordered, and workers share nothing on the packet path but
 //! the forwarding table, which they read lock-free: one snapshot load per batch.
+//!
+//! With [`DataPlaneConfig::offload`] (the default) the TAPs carry a `virtio_net_hdr` and TCP
+//! super-frames of up to ~64 KiB:
+//!
+//! - egress: one `read` brings a super-frame; [`offload::segment_tcp`] cuts it into MSS-sized
+//!   inner frames at a fixed stride, the router decides for the first segment (every segment has
+//!   the same MACs, addresses and ports, and none is larger, so the decision holds for all), and
+//!   the whole batch leaves in one UDP GSO send per destination (`UDP_SEGMENT` = stride). Frames
+//!   without GSO get their partial checksum completed ([`offload::complete_checksum`]) and take
+//!   the ordinary path. A super-frame that is dropped counts one drop per segment.
+//! - ingress: the receive socket's `UDP_GRO` batches are split by stride and routed datagram by
+//!   datagram as before; delivered frames go through an [`offload::Coalescer`] that merges each
+//!   TCP flow's in-order, checksum-verified segments back into super-frames, flushed at the end of
+//!   every receive batch (no frame waits for the next batch), one `write` per super-frame.
+//!
+//! Without it every frame costs one `read` or `write` and one `sendto`, and the TAP has no
+//! vnet header (the kernel segments and checksums before the TAP).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,15 +34,23 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::capture::{CaptureHub, Direction};
-use crate::fdb::{Fib, FibSnapshot, Vni};
-use crate::io::{IoError, MsgBatch, RecvMeta, Result, SendPool, Tap, TapOptions, VxlanSocket};
+use crate::fdb::{Fib, FibSnapshot, NetworkTable, Vni};
+use crate::io::{
+    IoError, MsgBatch, RecvMeta, Result, SendPool, Tap, TapOptions, VNET_HDR_LEN, VxlanSocket,
+};
+use crate::offload::{self, CoalescedFrame, Coalescer, SegmentBatch};
 use crate::router::{
     EGRESS_HEADROOM, EGRESS_TAILROOM, EgressAction, IngressAction, Router, RouterConfig,
 };
 use crate::stats::{DropReason, StatsRegistry, WorkerStats};
+use crate::wire::virtio_net_hdr::gso_type;
+use crate::wire::{VirtioNetHdr, VirtioNetHdrRepr};
 
 /// Largest frame read from a TAP or datagram read from the underlay (64 KiB: a GRO batch).
 const MAX_PACKET: usize = 65_536;
+/// Read buffer for a TAP with offloads: a TSO super-frame is up to 64 KiB of IP packet plus
+/// the Ethernet header (a read that fills the buffer is taken as truncated and dropped).
+const TAP_READ_MAX: usize = 65_536 + 1024;
 /// Datagrams per `recvmmsg`.
 const RX_BATCH: usize = 32;
 /// Frames read from one TAP queue before looking at other fds (fairness between networks).
@@ -171,6 +196,7 @@ impl DataPlane {
                 stats: stats.register_worker(),
                 port: config.vxlan_port,
                 capture: Arc::clone(&capture),
+                offload: config.offload,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vxnet-dp{index}"))
@@ -209,9 +235,9 @@ impl DataPlane {
             return Ok(());
         }
         let options = TapOptions {
-            vnet_hdr: false,
+            vnet_hdr: self.config.offload,
             multi_queue: true,
-            offload: false,
+            offload: self.config.offload,
         };
         let first = Tap::open(tap_name, options)?;
         let mut queues = Vec::with_capacity(self.config.workers);
@@ -280,6 +306,8 @@ struct Worker {
     stats: Arc<WorkerStats>,
     port: u16,
     capture: Arc<CaptureHub>,
+    /// TAPs with vnet header and TSO; segmentation and coalescing on.
+    offload: bool,
 }
 
 /// The worker's reusable buffers: allocated once, never per packet.
@@ -288,6 +316,21 @@ struct Buffers {
     metas: Vec<RecvMeta>,
     batch: MsgBatch,
     tx: Vec<u8>,
+    /// Only with offloads.
+    offload: Option<OffloadBuffers>,
+}
+
+/// The offload path's buffers.
+struct OffloadBuffers {
+    vnet: [u8; VNET_HDR_LEN],
+    segments: SegmentBatch,
+    coalescer: Coalescer,
+}
+
+/// Where the segments of a super-frame go, once the router decided for the first one.
+enum SegmentTarget {
+    Unicast(IpAddr),
+    Flood,
 }
 
 impl Worker {
@@ -297,7 +340,12 @@ impl Worker {
             rx: vec![vec![0u8; MAX_PACKET]; RX_BATCH],
             metas: vec![RecvMeta::default(); RX_BATCH],
             batch: MsgBatch::new(RX_BATCH),
-            tx: vec![0u8; EGRESS_HEADROOM + MAX_PACKET + EGRESS_TAILROOM],
+            tx: vec![0u8; EGRESS_HEADROOM + MAX_PACKET.max(TAP_READ_MAX) + EGRESS_TAILROOM],
+            offload: self.offload.then(|| OffloadBuffers {
+                vnet: [0; VNET_HDR_LEN],
+                segments: SegmentBatch::default(),
+                coalescer: Coalescer::default(),
+            }),
         };
         // SAFETY: epoll_event is plain old data; all-zero is a valid value.
         let mut events = vec![unsafe { std::mem::zeroed::<libc::epoll_event>() }; 64];
@@ -310,7 +358,11 @@ impl Worker {
                     self.ingress(&mut router, &mut bufs);
                 } else if token & TAP_TOKEN != 0 {
                     let vni = (token & 0xFFFF_FFFF) as Vni;
-                    self.egress(&mut router, &mut bufs, vni, epoch.elapsed());
+                    if bufs.offload.is_some() {
+                        self.egress_offload(&mut router, &mut bufs, vni, epoch.elapsed());
+                    } else {
+                        self.egress(&mut router, &mut bufs, vni, epoch.elapsed());
+                    }
                 }
             }
         }
@@ -329,16 +381,37 @@ impl Worker {
             };
             let fib = self.fib.load();
             let taps = self.taps.load();
+            let mut coalescer = bufs.offload.as_mut().map(|o| &mut o.coalescer);
+            let mut emit = |frame: CoalescedFrame<'_>| self.write_coalesced(&taps, frame);
             for (buf, meta) in bufs.rx.iter().zip(&bufs.metas[..received]) {
                 if meta.truncated {
                     self.stats.count_drop(DropReason::MalformedInner);
                     continue;
                 }
                 let stride = meta.stride.max(1);
-                // With UDP GRO one buffer holds several datagrams of `stride` bytes each.
-                for datagram in buf[..meta.len].chunks(stride) {
-                    self.deliver(router, &fib, &taps, meta.src.ip(), datagram);
+                let data = &buf[..meta.len];
+                // With UDP GRO one buffer holds several datagrams of `stride` bytes each. An
+                // empty datagram yields no chunk: route it anyway, so it is counted as a drop.
+                let empty = data.is_empty().then_some(&data[..0]);
+                for datagram in empty.into_iter().chain(data.chunks(stride)) {
+                    match coalescer.as_deref_mut() {
+                        Some(coalescer) => {
+                            if let IngressAction::Deliver { vni, frame } =
+                                router.ingress(&fib, meta.src.ip(), datagram)
+                            {
+                                if self.capture.is_active() {
+                                    self.capture.mirror(vni, Direction::Ingress, frame);
+                                }
+                                coalescer.push(vni, frame, &mut emit);
+                            }
+                        }
+                        None => self.deliver(router, &fib, &taps, meta.src.ip(), datagram),
+                    }
                 }
+            }
+            // Never hold a frame across receive batches.
+            if let Some(coalescer) = coalescer {
+                coalescer.flush(&mut emit);
             }
             if received < RX_BATCH {
                 return;
@@ -415,6 +488,188 @@ impl Worker {
                 EgressAction::Local | EgressAction::Drop(_) => {}
             }
         }
+    }
+
+    /// Writes a frame from the coalescer to its network's TAP (vnet header first).
+    fn write_coalesced(&self, taps: &TapTable, out: CoalescedFrame<'_>) {
+        let segments = out.segments as u64;
+        match taps.get(&out.tag).and_then(|t| t.queues.get(self.index)) {
+            Some(tap) => {
+                if tap
+                    .write_vnet(&offload::encode_vnet(&out.vnet), out.frame)
+                    .is_err()
+                {
+                    self.stats.count_drops(DropReason::TapWriteError, segments);
+                }
+            }
+            None => self.stats.count_drops(DropReason::UnknownNetwork, segments),
+        }
+    }
+
+    /// Writes a locally built answer to a TAP that has a vnet header (all zero: no offload).
+    fn write_reply(&self, tap: &Tap, vni: Vni, frame: &[u8]) {
+        if self.capture.is_active() {
+            self.capture.mirror(vni, Direction::Ingress, frame);
+        }
+        if tap.write_vnet(&[0; VNET_HDR_LEN], frame).is_err() {
+            self.stats.count_drop(DropReason::TapWriteError);
+        }
+    }
+
+    /// [`Worker::egress`] for a TAP with vnet header and TSO: super-frames are segmented and
+    /// sent with UDP GSO, partial checksums completed.
+    fn egress_offload(&self, router: &mut Router, bufs: &mut Buffers, vni: Vni, now: Duration) {
+        let taps = self.taps.load();
+        let Some(tap) = taps.get(&vni).and_then(|t| t.queues.get(self.index)) else {
+            return;
+        };
+        let Some(off) = bufs.offload.as_mut() else {
+            return;
+        };
+        let fib = self.fib.load();
+        for _ in 0..TAP_BURST {
+            let frame_buf = &mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + TAP_READ_MAX];
+            let len = match tap.read_vnet(&mut off.vnet, frame_buf) {
+                Ok(len) => len,
+                Err(_) => return, // WouldBlock: drained
+            };
+            if len >= TAP_READ_MAX {
+                // Cannot happen with a 64 KiB GSO limit; never send a truncated frame.
+                self.stats.count_drop(DropReason::TooBig);
+                continue;
+            }
+            let vnet = VirtioNetHdrRepr::parse(&VirtioNetHdr::new_unchecked(&off.vnet[..]))
+                .unwrap_or_default();
+            let frame = &mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
+            if vnet.gso_type == gso_type::NONE {
+                if offload::complete_checksum(&vnet, frame).is_err() {
+                    self.stats.count_drop(DropReason::BadGso);
+                    continue;
+                }
+                self.route_frame(router, &fib, tap, &mut bufs.tx, vni, len, now);
+            } else {
+                match offload::segment_tcp(&vnet, frame, &mut off.segments) {
+                    Ok(()) => self.route_segments(router, &fib, tap, &mut off.segments, vni, now),
+                    Err(_) => self.stats.count_drop(DropReason::BadGso),
+                }
+            }
+        }
+    }
+
+    /// Routes one ordinary frame at `buf[EGRESS_HEADROOM..][..len]` (offload path).
+    #[allow(clippy::too_many_arguments)]
+    fn route_frame(
+        &self,
+        router: &mut Router,
+        fib: &FibSnapshot,
+        tap: &Tap,
+        buf: &mut [u8],
+        vni: Vni,
+        len: usize,
+        now: Duration,
+    ) {
+        if self.capture.is_active() {
+            let frame = &buf[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
+            self.capture.mirror(vni, Direction::Egress, frame);
+        }
+        match router.egress(fib, vni, buf, len, now) {
+            EgressAction::Unicast {
+                vtep,
+                packet,
+                flow_hash,
+            } => self.send(packet, vtep, flow_hash),
+            EgressAction::Flood {
+                vteps,
+                packet,
+                flow_hash,
+            } => {
+                for &vtep in vteps {
+                    self.send(packet, vtep, flow_hash);
+                }
+            }
+            EgressAction::Reply { frame } => self.write_reply(tap, vni, frame),
+            EgressAction::Local | EgressAction::Drop(_) => {}
+        }
+    }
+
+    /// Routes the segments of one super-frame: the router decides for the first, the decision
+    /// holds for all of them (same headers but for lengths, sequence numbers and checksums; none
+    /// larger than the first). Drops count once per segment; so do the network's tx counters.
+    fn route_segments(
+        &self,
+        router: &mut Router,
+        fib: &FibSnapshot,
+        tap: &Tap,
+        segments: &mut SegmentBatch,
+        vni: Vni,
+        now: Duration,
+    ) {
+        if segments.is_empty() {
+            return;
+        }
+        let rest = segments.len() as u64 - 1;
+        if self.capture.is_active() {
+            for i in 0..segments.len() {
+                self.capture
+                    .mirror(vni, Direction::Egress, segments.frame(i));
+            }
+        }
+        let first_len = segments.frame(0).len();
+        let (target, flow_hash) =
+            match router.egress(fib, vni, segments.buffer_mut(), first_len, now) {
+                EgressAction::Unicast {
+                    vtep, flow_hash, ..
+                } => (SegmentTarget::Unicast(vtep), flow_hash),
+                EgressAction::Flood { flow_hash, .. } => (SegmentTarget::Flood, flow_hash),
+                EgressAction::Reply { frame } => {
+                    // A TCP segment is only ever answered with ICMP "fragmentation needed" (the
+                    // router counted the first segment as too big): the others go with it.
+                    self.write_reply(tap, vni, frame);
+                    self.stats.count_drops(DropReason::TooBig, rest);
+                    return;
+                }
+                EgressAction::Local => return,
+                EgressAction::Drop(reason) => {
+                    self.stats.count_drops(reason, rest);
+                    return;
+                }
+            };
+        segments.replicate_headroom();
+        let table = fib.network(vni);
+        if let Some(table) = table {
+            // The router counted the first segment.
+            let bytes = (segments.frames_len() - first_len) as u64;
+            table.counters().add_tx_many(rest, bytes);
+        }
+        match target {
+            SegmentTarget::Unicast(vtep) => self.send_segments(segments, vtep, flow_hash),
+            SegmentTarget::Flood => {
+                for &vtep in table.map(NetworkTable::flood_list).unwrap_or_default() {
+                    self.send_segments(segments, vtep, flow_hash);
+                }
+            }
+        }
+    }
+
+    /// Sends every segment to `vtep` with UDP GSO (one system call per 64 segments / 64 KiB);
+    /// counts the segments the kernel did not take.
+    fn send_segments(&self, segments: &SegmentBatch, vtep: IpAddr, flow_hash: u32) {
+        let socket = self.pool.socket_for(u64::from(flow_hash));
+        let dst = SocketAddr::new(vtep, self.port);
+        let bytes = segments.as_bytes();
+        let sent = if segments.len() == 1 {
+            socket.send_to(bytes, dst)
+        } else {
+            socket.send_gso(dst, bytes, segments.stride())
+        };
+        let total = segments.len() as u64;
+        let lost = match sent {
+            Ok(n) if n >= bytes.len() => 0,
+            // send_gso stops at a whole number of segments.
+            Ok(n) => total - (n / segments.stride().max(1)) as u64,
+            Err(_) => total,
+        };
+        self.stats.count_drops(DropReason::UdpSendError, lost);
     }
 
     fn send(&self, packet: &[u8], vtep: IpAddr, flow_hash: u32) {

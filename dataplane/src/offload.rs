@@ -1,0 +1,1042 @@
+//! TCP segmentation and coalescing for the offload path (issue #6). Sans-IO: bytes in, bytes
+//! out, no system call, no clock, no allocation per packet.
+//!
+//! With `IFF_VNET_HDR` + `TUNSETOFFLOAD(CSUM|TSO4|TSO6)` the kernel hands a TAP reader TCP
+//! *super-frames* of up to ~64 KiB (one Ethernet/IP/TCP header, many MSS of payload) described by
+//! a `virtio_net_hdr`, and accepts the same from a writer. The wire between VTEPs must carry
+//! ordinary MTU-sized frames, so:
+//!
+//! - **egress** ([`segment_tcp`]): a super-frame read from the TAP is cut into MSS-sized inner
+//!   frames laid out at a fixed stride in a [`SegmentBatch`], each behind [`EGRESS_HEADROOM`]
+//!   bytes for the VXLAN header, so that the whole batch leaves in one UDP GSO send
+//!   (`UDP_SEGMENT` = stride). Every segment gets its own IPv4 total length, ident and header
+//!   checksum (or IPv6 payload length), TCP sequence number, flags and full TCP checksum.
+//!   Frames without GSO but with a partial checksum get it completed by [`complete_checksum`].
+//! - **ingress** ([`Coalescer`]): inner frames decapsulated from one receive batch are merged per
+//!   TCP flow back into super-frames (the reverse of the above, like the kernel's GRO) and
+//!   written to the TAP with `gso_type` TCPV4/TCPV6 and `NEEDS_CSUM`. A segment is only merged
+//!   after vxnet verified its TCP checksum itself: the outer UDP checksum of VXLAN is often zero
+//!   and proves nothing (flannel #1279), and once merged the kernel no longer checks the
+//!   segments. Everything else is passed through unchanged, one frame per write.
+//!
+//! The `hdr_len` the kernel reports is not trusted (on a TAP it is the skb's linear length, which
+//! may include payload): header lengths are always parsed from the frame itself.
+
+use core::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::fdb::Vni;
+use crate::router::{EGRESS_HEADROOM, EGRESS_TAILROOM};
+use crate::wire::virtio_net_hdr::{flags as vnet_flags, gso_type};
+use crate::wire::{
+    EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, TcpPacket, VirtioNetHdr, VirtioNetHdrRepr,
+    checksum, ip_protocol, tcp_flags,
+};
+
+/// Offset of the checksum field in a TCP header (`virtio_net_hdr.csum_offset` for TCP).
+pub const TCP_CSUM_OFFSET: u16 = 16;
+
+/// Largest IP packet (IPv4 total length, or IPv6 header + payload length) the [`Coalescer`]
+/// builds: the 16-bit length fields' limit, and the kernel's default GRO limit.
+pub const MAX_COALESCED_IP_LEN: usize = 65_535;
+
+/// Bytes of one [`Coalescer`] slot: the largest super-frame with a VLAN tag.
+const SLOT_BYTES: usize = 18 + MAX_COALESCED_IP_LEN;
+
+const IPV6_HEADER_LEN: usize = 40;
+
+/// Why a frame from the TAP could not be segmented or checksummed. The data plane drops such a
+/// frame and counts it (`drop.bad_gso`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum OffloadError {
+    /// A `gso_type` vxnet does not segment (UDP/UFO/USO, unknown values), or one that does not
+    /// match the frame's IP version.
+    #[error("unsupported gso_type {0:#04x}")]
+    UnsupportedGso(u8),
+    /// `gso_size` is 0.
+    #[error("gso_size is 0")]
+    ZeroGsoSize,
+    /// The frame is not Ethernet + IPv4/IPv6 (no extension headers, not a fragment) + TCP.
+    #[error("malformed or unsupported headers")]
+    Malformed,
+    /// `csum_start`/`csum_offset` point outside the frame, or not at the TCP checksum.
+    #[error("checksum offsets outside the frame or not at the TCP checksum")]
+    BadChecksumOffsets,
+    /// The segments do not fit in the [`SegmentBatch`] (a tiny `gso_size`).
+    #[error("segment batch too small")]
+    NoRoom,
+}
+
+/// Where the headers of an Ethernet + IP + TCP frame are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TcpLayout {
+    /// Offset of the IP header (14, or 18 with an 802.1Q tag).
+    l3: usize,
+    /// Offset of the TCP header.
+    l4: usize,
+    /// Offset of the TCP payload (= all headers' length).
+    payload: usize,
+    /// End of the IP packet (Ethernet padding after it is ignored).
+    end: usize,
+    /// IPv6 (else IPv4).
+    v6: bool,
+}
+
+/// Parses Ethernet (optionally 802.1Q) + IPv4 (unfragmented) or IPv6 (TCP as next header) + TCP.
+fn parse_tcp(frame: &[u8]) -> Option<TcpLayout> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let l3 = eth.header_len();
+    let ip = frame.get(l3..)?;
+    let (l4, end, v6) = match eth.ethertype() {
+        EtherType::IPV4 => {
+            let ip = Ipv4Packet::new_checked(ip).ok()?;
+            if ip.next_header() != ip_protocol::TCP || ip.is_fragment() {
+                return None;
+            }
+            (
+                l3 + ip.header_len(),
+                l3 + usize::from(ip.total_len()),
+                false,
+            )
+        }
+        EtherType::IPV6 => {
+            let ip = Ipv6Packet::new_checked(ip).ok()?;
+            if ip.next_header() != ip_protocol::TCP {
+                return None;
+            }
+            let l4 = l3 + IPV6_HEADER_LEN;
+            (l4, l4 + usize::from(ip.payload_len()), true)
+        }
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(frame.get(l4..end)?).ok()?;
+    Some(TcpLayout {
+        l3,
+        l4,
+        payload: l4 + tcp.header_len(),
+        end,
+        v6,
+    })
+}
+
+fn ipv4_addrs(frame: &[u8], layout: &TcpLayout) -> (Ipv4Addr, Ipv4Addr) {
+    let ip = Ipv4Packet::new_unchecked(&frame[layout.l3..]);
+    (ip.src_addr(), ip.dst_addr())
+}
+
+fn ipv6_addrs(frame: &[u8], layout: &TcpLayout) -> (Ipv6Addr, Ipv6Addr) {
+    let ip = Ipv6Packet::new_unchecked(&frame[layout.l3..]);
+    (ip.src_addr(), ip.dst_addr())
+}
+
+/// The same value as [`checksum::sum`] (folded to 16 bits, not inverted), computed faster for
+/// the bulk of a TCP segment: 32-bit little-endian words are added into eight independent 64-bit
+/// lanes (no carry chain, so the compiler vectorises the loop), and the folded result is
+/// byte-swapped at the end (RFC 1071 §2(B): the sum is byte-order independent up to a swap).
+pub fn checksum_sum(data: &[u8]) -> u32 {
+    let mut lanes = [0u64; 8];
+    let mut chunks = data.chunks_exact(32);
+    for chunk in &mut chunks {
+        for (lane, word) in lanes.iter_mut().zip(chunk.chunks_exact(4)) {
+            *lane += u64::from(u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
+        }
+    }
+    // Each lane took at most len/32 words < 2^32: no lane, nor their sum, can overflow.
+    let mut acc: u64 = lanes.iter().sum();
+    let mut words = chunks.remainder().chunks_exact(2);
+    for w in &mut words {
+        acc += u64::from(u16::from_le_bytes([w[0], w[1]]));
+    }
+    if let [last] = words.remainder() {
+        // Big-endian: the odd byte is the high byte of a zero-padded word; swapped, the low.
+        acc += u64::from(*last);
+    }
+    acc = (acc & 0xFFFF_FFFF) + (acc >> 32);
+    acc = (acc & 0xFFFF_FFFF) + (acc >> 32);
+    acc = (acc & 0xFFFF) + (acc >> 16);
+    acc = (acc & 0xFFFF) + (acc >> 16);
+    acc = (acc & 0xFFFF) + (acc >> 16);
+    u32::from((acc as u16).swap_bytes())
+}
+
+/// Fills the TCP checksum of `segment` (TCP header + payload) given the pseudo-header sum.
+fn fill_tcp_checksum(segment: &mut [u8], pseudo: u32) {
+    TcpPacket::new_unchecked(&mut *segment).set_checksum(0);
+    let sum = checksum::combine(&[pseudo, checksum_sum(segment)]);
+    TcpPacket::new_unchecked(segment).set_checksum(checksum::fold(u32::from(sum)));
+}
+
+/// Whether the TCP checksum of `segment` (TCP header + payload) verifies.
+fn tcp_checksum_ok(segment: &[u8], pseudo: u32) -> bool {
+    checksum::fold(u32::from(checksum::combine(&[
+        pseudo,
+        checksum_sum(segment),
+    ]))) == 0
+}
+
+/// The 10 bytes of a `virtio_net_hdr`, ready to write in front of a frame.
+pub fn encode_vnet(repr: &VirtioNetHdrRepr) -> [u8; VirtioNetHdrRepr::LEN] {
+    let mut bytes = [0u8; VirtioNetHdrRepr::LEN];
+    repr.emit(&mut VirtioNetHdr::new_unchecked(&mut bytes[..]));
+    bytes
+}
+
+/// Completes the partial checksum of a frame read with `NEEDS_CSUM` and no GSO, as the kernel's
+/// `skb_checksum_help` would: the one's-complement sum from `csum_start` to the end of the frame
+/// (the checksum field holds the pseudo-header sum meanwhile) is stored at
+/// `csum_start + csum_offset`; a result of 0 is stored as 0xFFFF (the same value in one's
+/// complement, and the only valid one for UDP). Without `NEEDS_CSUM` the frame is left alone.
+pub fn complete_checksum(vnet: &VirtioNetHdrRepr, frame: &mut [u8]) -> Result<(), OffloadError> {
+    if vnet.flags & vnet_flags::NEEDS_CSUM == 0 {
+        return Ok(());
+    }
+    let start = usize::from(vnet.csum_start);
+    let at = start + usize::from(vnet.csum_offset);
+    if at + 2 > frame.len() {
+        return Err(OffloadError::BadChecksumOffsets);
+    }
+    let sum = checksum::fold(checksum::sum(&frame[start..]));
+    let sum = if sum == 0 { 0xFFFF } else { sum };
+    frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    Ok(())
+}
+
+/// MSS-sized inner frames at a fixed stride, ready for one UDP GSO send.
+///
+/// Segment `i` starts at `i * stride()`: [`EGRESS_HEADROOM`] bytes for the VXLAN header, then the
+/// inner Ethernet frame. Every segment has the same length (`stride`) except the last, which may
+/// be shorter, so [`SegmentBatch::as_bytes`] is exactly the buffer to send with
+/// `UDP_SEGMENT = stride()`. The buffer is allocated once; [`segment_tcp`] refills it.
+#[derive(Debug, Clone)]
+pub struct SegmentBatch {
+    buf: Vec<u8>,
+    stride: usize,
+    count: usize,
+    total: usize,
+    frames_len: usize,
+}
+
+impl SegmentBatch {
+    /// A capacity that holds any super-frame the kernel sends with an MSS of at least 48 bytes
+    /// (`net.ipv4.tcp_min_snd_mss`): 64 KiB of payload + 1,366 copies of the headers.
+    pub const DEFAULT_CAPACITY: usize = 512 << 10;
+
+    /// A batch of `capacity` bytes (at least enough for one segment plus the router's tailroom).
+    pub fn with_capacity(capacity: usize) -> SegmentBatch {
+        SegmentBatch {
+            buf: vec![0; capacity.max(EGRESS_HEADROOM + 1536 + EGRESS_TAILROOM)],
+            stride: 0,
+            count: 0,
+            total: 0,
+            frames_len: 0,
+        }
+    }
+
+    /// Forgets the segments (keeps the buffer).
+    pub fn clear(&mut self) {
+        self.stride = 0;
+        self.count = 0;
+        self.total = 0;
+        self.frames_len = 0;
+    }
+
+    /// Number of segments.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// No segment.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Distance between segment starts: headroom + headers + MSS (the GSO segment size).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// All segments, each behind its headroom: the payload of one UDP GSO send.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.total]
+    }
+
+    /// The inner frame of segment `i` (without headroom); empty if `i` is out of range.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        if i >= self.count {
+            return &[];
+        }
+        let start = i * self.stride;
+        let end = if i + 1 == self.count {
+            self.total
+        } else {
+            start + self.stride
+        };
+        &self.buf[start + EGRESS_HEADROOM..end]
+    }
+
+    /// Sum of the inner frames' lengths (for byte counters).
+    pub fn frames_len(&self) -> usize {
+        self.frames_len
+    }
+
+    /// The whole buffer, to route the first segment in place: its frame is at
+    /// `[EGRESS_HEADROOM..EGRESS_HEADROOM + frame(0).len()]`, and at least [`EGRESS_TAILROOM`]
+    /// bytes follow the last segment. Writing beyond the first segment's frame (a locally built
+    /// answer) spoils the other segments.
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// Copies the first segment's headroom (the VXLAN header the router wrote) in front of every
+    /// other segment.
+    pub fn replicate_headroom(&mut self) {
+        let mut head = [0u8; EGRESS_HEADROOM];
+        head.copy_from_slice(&self.buf[..EGRESS_HEADROOM]);
+        for i in 1..self.count {
+            let at = i * self.stride;
+            self.buf[at..at + EGRESS_HEADROOM].copy_from_slice(&head);
+        }
+    }
+}
+
+impl Default for SegmentBatch {
+    fn default() -> Self {
+        Self::with_capacity(Self::DEFAULT_CAPACITY)
+    }
+}
+
+/// Splits a TCP super-frame (`gso_type` TCPV4 or TCPV6, with or without the ECN bit) read from a
+/// TAP into `gso_size`-payload inner frames in `out` (see [`SegmentBatch`]).
+///
+/// Per segment: IPv4 total length, ident (first + i) and header checksum, or IPv6 payload
+/// length; TCP sequence number (first + offset); FIN and PSH only on the last segment, CWR only
+/// on the first (as the kernel's `tcp_gso_segment`); and the full TCP checksum, computed from
+/// scratch (with `NEEDS_CSUM` the super-frame's field holds only a pseudo-header sum). Header
+/// lengths come from the frame, never from `hdr_len`. With `NEEDS_CSUM`, `csum_start` must point
+/// at the TCP header and `csum_offset` be 16. A frame whose payload fits one segment gives one.
+pub fn segment_tcp(
+    vnet: &VirtioNetHdrRepr,
+    frame: &[u8],
+    out: &mut SegmentBatch,
+) -> Result<(), OffloadError> {
+    out.clear();
+    let want_v6 = match vnet.gso_type & !gso_type::ECN {
+        gso_type::TCPV4 => false,
+        gso_type::TCPV6 => true,
+        _ => return Err(OffloadError::UnsupportedGso(vnet.gso_type)),
+    };
+    let mss = usize::from(vnet.gso_size);
+    if mss == 0 {
+        return Err(OffloadError::ZeroGsoSize);
+    }
+    let layout = parse_tcp(frame).ok_or(OffloadError::Malformed)?;
+    if layout.v6 != want_v6 {
+        return Err(OffloadError::UnsupportedGso(vnet.gso_type));
+    }
+    if vnet.flags & vnet_flags::NEEDS_CSUM != 0
+        && (usize::from(vnet.csum_start) != layout.l4 || vnet.csum_offset != TCP_CSUM_OFFSET)
+    {
+        return Err(OffloadError::BadChecksumOffsets);
+    }
+    let hdr_len = layout.payload;
+    let payload = &frame[hdr_len..layout.end];
+    let count = payload.len().div_ceil(mss).max(1);
+    let stride = EGRESS_HEADROOM + hdr_len + mss;
+    let last_payload = payload.len() - (count - 1) * mss;
+    let total = (count - 1) * stride + EGRESS_HEADROOM + hdr_len + last_payload;
+    if total + EGRESS_TAILROOM > out.buf.len() {
+        return Err(OffloadError::NoRoom);
+    }
+
+    let tcp = TcpPacket::new_unchecked(&frame[layout.l4..layout.end]);
+    let (seq0, flags0) = (tcp.seq_number(), tcp.flags());
+    let ident0 = if layout.v6 {
+        0
+    } else {
+        Ipv4Packet::new_unchecked(&frame[layout.l3..]).ident()
+    };
+    let addrs4 = (!layout.v6).then(|| ipv4_addrs(frame, &layout));
+    let addrs6 = layout.v6.then(|| ipv6_addrs(frame, &layout));
+
+    for i in 0..count {
+        let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
+        let start = i * stride + EGRESS_HEADROOM;
+        let seg = &mut out.buf[start..start + hdr_len + chunk.len()];
+        seg[..hdr_len].copy_from_slice(&frame[..hdr_len]);
+        seg[hdr_len..].copy_from_slice(chunk);
+        let ip_len = seg.len() - layout.l3;
+        // The lengths fit 16 bits: they are at most the super-frame's own.
+        if layout.v6 {
+            Ipv6Packet::new_unchecked(&mut seg[layout.l3..])
+                .set_payload_len((ip_len - IPV6_HEADER_LEN) as u16);
+        } else {
+            let mut ip = Ipv4Packet::new_unchecked(&mut seg[layout.l3..]);
+            ip.set_total_len(ip_len as u16);
+            ip.set_ident(ident0.wrapping_add(i as u16));
+            ip.fill_checksum();
+        }
+        let mut flags = flags0;
+        if i + 1 != count {
+            flags &= !(tcp_flags::FIN | tcp_flags::PSH);
+        }
+        if i != 0 {
+            flags &= !tcp_flags::CWR;
+        }
+        let mut tcp = TcpPacket::new_unchecked(&mut seg[layout.l4..]);
+        tcp.set_seq_number(seq0.wrapping_add((i * mss) as u32));
+        tcp.set_flags(flags);
+        let tcp_len = (seg.len() - layout.l4) as u32;
+        let pseudo = match (addrs4, addrs6) {
+            (Some((src, dst)), _) => {
+                checksum::pseudo_header_v4(src, dst, ip_protocol::TCP, tcp_len)
+            }
+            (_, Some((src, dst))) => {
+                checksum::pseudo_header_v6(&src, &dst, ip_protocol::TCP, tcp_len)
+            }
+            (None, None) => 0,
+        };
+        fill_tcp_checksum(&mut seg[layout.l4..], pseudo);
+    }
+    out.stride = stride;
+    out.count = count;
+    out.total = total;
+    out.frames_len = total - count * EGRESS_HEADROOM;
+    Ok(())
+}
+
+/// One frame the [`Coalescer`] hands back for writing to a TAP: `vnet` goes in front of `frame`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoalescedFrame<'a> {
+    /// The tag given to [`Coalescer::push`] (the network's VNI).
+    pub tag: Vni,
+    /// The `virtio_net_hdr` to write with the frame.
+    pub vnet: VirtioNetHdrRepr,
+    /// The frame (a super-frame when `vnet.gso_type` is not NONE).
+    pub frame: &'a [u8],
+    /// How many received frames it stands for.
+    pub segments: usize,
+}
+
+/// What the [`Coalescer`] did so far (for tests, benchmarks and statistics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoalescerStats {
+    /// Frames pushed.
+    pub frames_in: u64,
+    /// Frames handed back (super-frames count once).
+    pub frames_out: u64,
+    /// Super-frames built from two or more segments.
+    pub super_frames: u64,
+    /// TCP segments whose checksum vxnet found wrong (passed on alone, unmerged, for the kernel
+    /// to drop).
+    pub bad_checksum: u64,
+}
+
+/// The identity of a TCP flow: addresses and ports (the rest is compared byte by byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct FlowKey {
+    tag: Vni,
+    v6: bool,
+    addrs: [u8; 32],
+    ports: [u8; 4],
+}
+
+impl FlowKey {
+    fn of(tag: Vni, frame: &[u8], layout: &TcpLayout) -> FlowKey {
+        let mut addrs = [0u8; 32];
+        if layout.v6 {
+            addrs.copy_from_slice(&frame[layout.l3 + 8..layout.l3 + 40]);
+        } else {
+            addrs[..8].copy_from_slice(&frame[layout.l3 + 12..layout.l3 + 20]);
+        }
+        let mut ports = [0u8; 4];
+        ports.copy_from_slice(&frame[layout.l4..layout.l4 + 4]);
+        FlowKey {
+            tag,
+            v6: layout.v6,
+            addrs,
+            ports,
+        }
+    }
+}
+
+/// A super-frame being built.
+#[derive(Debug)]
+struct Slot {
+    active: bool,
+    key: FlowKey,
+    layout: TcpLayout,
+    buf: Box<[u8]>,
+    /// Bytes of `buf` in use (headers + merged payload).
+    len: usize,
+    gso_size: usize,
+    segments: usize,
+    next_seq: u32,
+    /// Nothing may be appended (the last segment was short or had PSH).
+    closed: bool,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            active: false,
+            key: FlowKey::default(),
+            layout: TcpLayout {
+                l3: 0,
+                l4: 0,
+                payload: 0,
+                end: 0,
+                v6: false,
+            },
+            buf: vec![0u8; SLOT_BYTES].into_boxed_slice(),
+            len: 0,
+            gso_size: 0,
+            segments: 0,
+            next_seq: 0,
+            closed: false,
+        }
+    }
+
+    fn start(&mut self, key: FlowKey, frame: &[u8], seg: &Candidate) {
+        let layout = seg.layout;
+        self.buf[..layout.end].copy_from_slice(&frame[..layout.end]);
+        self.active = true;
+        self.key = key;
+        self.layout = layout;
+        self.len = layout.end;
+        self.gso_size = seg.payload_len;
+        self.segments = 1;
+        self.next_seq = seg.seq.wrapping_add(seg.payload_len as u32);
+        self.closed = false;
+    }
+
+    /// Everything but lengths, IPv4 ident and checksums, sequence number, window and PSH equal;
+    /// in sequence; not after a short segment; within 64 KiB.
+    fn can_append(&self, frame: &[u8], seg: &Candidate) -> bool {
+        let (a, b, l) = (&self.buf[..], frame, &self.layout);
+        if self.closed
+            || seg.layout.l3 != l.l3
+            || seg.layout.l4 != l.l4
+            || seg.layout.payload != l.payload
+            || seg.seq != self.next_seq
+            || seg.payload_len > self.gso_size
+            || self.len - l.l3 + seg.payload_len > MAX_COALESCED_IP_LEN
+        {
+            return false;
+        }
+        let same = |r: core::ops::Range<usize>| a[r.clone()] == b[r];
+        let ip_same = if l.v6 {
+            // version/traffic class/flow label; next header, hop limit, addresses
+            same(l.l3..l.l3 + 4) && same(l.l3 + 6..l.l3 + 40)
+        } else {
+            // version/IHL, TOS; flags/fragment, TTL, protocol; addresses
+            same(l.l3..l.l3 + 2) && same(l.l3 + 6..l.l3 + 10) && same(l.l3 + 12..l.l3 + 20)
+        };
+        ip_same
+            && same(0..l.l3)
+            // ports; ack number, data offset; urgent pointer and options
+            && same(l.l4..l.l4 + 4)
+            && same(l.l4 + 8..l.l4 + 13)
+            && same(l.l4 + 18..l.payload)
+    }
+
+    fn append(&mut self, frame: &[u8], seg: &Candidate) {
+        let l = self.layout;
+        let payload = &frame[l.payload..seg.layout.end];
+        self.buf[self.len..self.len + payload.len()].copy_from_slice(payload);
+        self.len += payload.len();
+        self.segments += 1;
+        self.next_seq = self.next_seq.wrapping_add(payload.len() as u32);
+        // The latest window advertisement wins.
+        self.buf[l.l4 + 14..l.l4 + 16].copy_from_slice(&frame[l.l4 + 14..l.l4 + 16]);
+        if seg.psh {
+            self.buf[l.l4 + 13] |= tcp_flags::PSH;
+            self.closed = true;
+        }
+        if payload.len() < self.gso_size {
+            self.closed = true;
+        }
+    }
+
+    /// Fixes the headers of a merged super-frame and describes it.
+    fn finish(&mut self) -> VirtioNetHdrRepr {
+        let l = self.layout;
+        let ip_len = self.len - l.l3;
+        let tcp_len = self.len - l.l4;
+        let frame = &mut self.buf[..self.len];
+        // Lengths fit 16 bits: `can_append` kept the IP packet within MAX_COALESCED_IP_LEN.
+        let pseudo = if l.v6 {
+            let mut ip = Ipv6Packet::new_unchecked(&mut frame[l.l3..]);
+            ip.set_payload_len((ip_len - IPV6_HEADER_LEN) as u16);
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            checksum::pseudo_header_v6(&src, &dst, ip_protocol::TCP, tcp_len as u32)
+        } else {
+            let mut ip = Ipv4Packet::new_unchecked(&mut frame[l.l3..]);
+            ip.set_total_len(ip_len as u16);
+            ip.fill_checksum();
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            checksum::pseudo_header_v4(src, dst, ip_protocol::TCP, tcp_len as u32)
+        };
+        // NEEDS_CSUM: the field holds the pseudo-header sum, folded and not inverted.
+        TcpPacket::new_unchecked(&mut frame[l.l4..]).set_checksum(checksum::combine(&[pseudo]));
+        VirtioNetHdrRepr {
+            flags: vnet_flags::NEEDS_CSUM,
+            gso_type: if l.v6 {
+                gso_type::TCPV6
+            } else {
+                gso_type::TCPV4
+            },
+            hdr_len: l.payload as u16,
+            gso_size: self.gso_size as u16,
+            csum_start: l.l4 as u16,
+            csum_offset: TCP_CSUM_OFFSET,
+        }
+    }
+}
+
+/// A parsed TCP frame.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    layout: TcpLayout,
+    seq: u32,
+    payload_len: usize,
+    psh: bool,
+    /// Data with plain ACK (PSH allowed) flags, IPv4 without options: may be merged.
+    mergeable: bool,
+}
+
+impl Candidate {
+    fn parse(frame: &[u8]) -> Option<Candidate> {
+        let layout = parse_tcp(frame)?;
+        let tcp = TcpPacket::new_unchecked(&frame[layout.l4..layout.end]);
+        let flags = tcp.flags();
+        let payload_len = layout.end - layout.payload;
+        let ipv4_plain = layout.v6 || layout.l4 - layout.l3 == Ipv4Packet::<&[u8]>::HEADER_LEN;
+        Some(Candidate {
+            layout,
+            seq: tcp.seq_number(),
+            payload_len,
+            psh: flags & tcp_flags::PSH != 0,
+            mergeable: ipv4_plain && payload_len > 0 && flags & !tcp_flags::PSH == tcp_flags::ACK,
+        })
+    }
+
+    fn checksum_ok(&self, frame: &[u8]) -> bool {
+        let l = &self.layout;
+        let tcp_len = (l.end - l.l4) as u32;
+        let pseudo = if l.v6 {
+            let (src, dst) = ipv6_addrs(frame, l);
+            checksum::pseudo_header_v6(&src, &dst, ip_protocol::TCP, tcp_len)
+        } else {
+            let (src, dst) = ipv4_addrs(frame, l);
+            checksum::pseudo_header_v4(src, dst, ip_protocol::TCP, tcp_len)
+        };
+        tcp_checksum_ok(&frame[l.l4..l.end], pseudo)
+    }
+}
+
+/// Merges consecutive in-order TCP segments of a flow into super-frames (software GRO for the
+/// TAP), within one receive batch: [`Coalescer::push`] each decapsulated frame, then
+/// [`Coalescer::flush`] at the end of the batch, so no frame waits for the next one.
+///
+/// A segment is merged when its flow (tag, addresses, ports) has a super-frame in progress whose
+/// Ethernet, IP and TCP headers equal its own except lengths, IPv4 ident and checksum, sequence
+/// number, window and PSH; the IPv4 header has no options and is not a fragment; its sequence
+/// number continues the super-frame; its flags are ACK (PSH allowed: it ends the super-frame);
+/// every merged payload equals the first one's size (`gso_size`) except the last, which may be
+/// shorter and ends the super-frame; the result stays within 64 KiB; and vxnet verified its TCP
+/// checksum. A segment that fails verification, and any frame that cannot be merged, is handed
+/// back alone with flags 0 (the kernel checks it) — in order: the flow's super-frame in
+/// progress goes first. A super-frame of one segment is handed back as that segment, unchanged,
+/// with `DATA_VALID` (its checksum was verified).
+///
+/// Frames are handed to the `emit` callback; slots (one super-frame buffer each) are allocated
+/// once in [`Coalescer::new`].
+#[derive(Debug)]
+pub struct Coalescer {
+    slots: Vec<Slot>,
+    next_evict: usize,
+    stats: CoalescerStats,
+}
+
+impl Coalescer {
+    /// Flows merged at the same time by default.
+    pub const DEFAULT_SLOTS: usize = 8;
+
+    /// A coalescer that builds up to `slots` super-frames at once (at least 1; ~64 KiB each).
+    pub fn new(slots: usize) -> Coalescer {
+        Coalescer {
+            slots: (0..slots.max(1)).map(|_| Slot::new()).collect(),
+            next_evict: 0,
+            stats: CoalescerStats::default(),
+        }
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> CoalescerStats {
+        self.stats
+    }
+
+    /// Super-frames in progress.
+    pub fn pending(&self) -> usize {
+        self.slots.iter().filter(|s| s.active).count()
+    }
+
+    /// Takes one inner frame of network `tag`; hands frames that are complete to `emit`.
+    pub fn push<F: FnMut(CoalescedFrame<'_>)>(&mut self, tag: Vni, frame: &[u8], emit: &mut F) {
+        self.stats.frames_in += 1;
+        let Some(seg) = Candidate::parse(frame) else {
+            self.emit_alone(tag, frame, 0, emit);
+            return;
+        };
+        let key = FlowKey::of(tag, frame, &seg.layout);
+        let slot = self.slots.iter().position(|s| s.active && s.key == key);
+        if !seg.mergeable || !seg.checksum_ok(frame) {
+            if seg.mergeable {
+                self.stats.bad_checksum += 1;
+            }
+            if let Some(i) = slot {
+                self.flush_slot(i, emit);
+            }
+            self.emit_alone(tag, frame, 0, emit);
+            return;
+        }
+        if let Some(i) = slot {
+            if self.slots[i].can_append(frame, &seg) {
+                self.slots[i].append(frame, &seg);
+                if self.slots[i].closed {
+                    self.flush_slot(i, emit);
+                }
+                return;
+            }
+            self.flush_slot(i, emit);
+        }
+        if seg.psh {
+            // Nothing may follow a PSH segment: no point in holding it.
+            self.emit_alone(tag, frame, vnet_flags::DATA_VALID, emit);
+            return;
+        }
+        let i = match slot.or_else(|| self.slots.iter().position(|s| !s.active)) {
+            Some(i) => i,
+            None => {
+                let i = self.next_evict;
+                self.next_evict = (i + 1) % self.slots.len();
+                self.flush_slot(i, emit);
+                i
+            }
+        };
+        self.slots[i].start(key, frame, &seg);
+    }
+
+    /// Hands every super-frame in progress to `emit`. Call at the end of each receive batch.
+    pub fn flush<F: FnMut(CoalescedFrame<'_>)>(&mut self, emit: &mut F) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].active {
+                self.flush_slot(i, emit);
+            }
+        }
+    }
+
+    fn emit_alone<F: FnMut(CoalescedFrame<'_>)>(
+        &mut self,
+        tag: Vni,
+        frame: &[u8],
+        flags: u8,
+        emit: &mut F,
+    ) {
+        self.stats.frames_out += 1;
+        emit(CoalescedFrame {
+            tag,
+            vnet: VirtioNetHdrRepr {
+                flags,
+                ..VirtioNetHdrRepr::default()
+            },
+            frame,
+            segments: 1,
+        });
+    }
+
+    fn flush_slot<F: FnMut(CoalescedFrame<'_>)>(&mut self, i: usize, emit: &mut F) {
+        let slot = &mut self.slots[i];
+        slot.active = false;
+        self.stats.frames_out += 1;
+        let vnet = if slot.segments == 1 {
+            VirtioNetHdrRepr {
+                flags: vnet_flags::DATA_VALID,
+                ..VirtioNetHdrRepr::default()
+            }
+        } else {
+            self.stats.super_frames += 1;
+            slot.finish()
+        };
+        emit(CoalescedFrame {
+            tag: slot.key.tag,
+            vnet,
+            frame: &slot.buf[..slot.len],
+            segments: slot.segments,
+        });
+    }
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_SLOTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAC_A: [u8; 6] = [2, 0x42, 10, 0, 0, 1];
+    const MAC_B: [u8; 6] = [2, 0x42, 10, 0, 0, 2];
+
+    /// An Ethernet/IPv4/TCP super-frame with `payload`, flags, 12 bytes of options, DF, ident 7,
+    /// and the TCP checksum field holding the pseudo-header sum (NEEDS_CSUM).
+    fn super_v4(payload: &[u8], flags: u8, seq: u32) -> Vec<u8> {
+        let hdr = 14 + 20 + 32;
+        let mut f = vec![0u8; hdr + payload.len()];
+        f[0..6].copy_from_slice(&MAC_B);
+        f[6..12].copy_from_slice(&MAC_A);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip_len = (f.len() - 14) as u16;
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        f[18..20].copy_from_slice(&7u16.to_be_bytes());
+        f[20] = 0x40;
+        f[22] = 64;
+        f[23] = 6;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
+        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&5001u16.to_be_bytes());
+        f[38..42].copy_from_slice(&seq.to_be_bytes());
+        f[42..46].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+        f[46] = 8 << 4;
+        f[47] = flags;
+        f[48..50].copy_from_slice(&502u16.to_be_bytes());
+        // NOP NOP timestamps
+        f[54..66].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        f[66..].copy_from_slice(payload);
+        let tcp_len = (f.len() - 34) as u32;
+        let pseudo = checksum::pseudo_header_v4(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            6,
+            tcp_len,
+        );
+        f[50..52].copy_from_slice(&checksum::combine(&[pseudo]).to_be_bytes());
+        f
+    }
+
+    fn vnet_v4(mss: u16) -> VirtioNetHdrRepr {
+        VirtioNetHdrRepr {
+            flags: vnet_flags::NEEDS_CSUM,
+            gso_type: gso_type::TCPV4,
+            hdr_len: 66,
+            gso_size: mss,
+            csum_start: 34,
+            csum_offset: 16,
+        }
+    }
+
+    fn coalesce_all(frames: &[&[u8]]) -> Vec<(VirtioNetHdrRepr, Vec<u8>, usize)> {
+        let mut c = Coalescer::new(4);
+        let mut out = Vec::new();
+        let mut emit = |f: CoalescedFrame<'_>| out.push((f.vnet, f.frame.to_vec(), f.segments));
+        for f in frames {
+            c.push(4096, f, &mut emit);
+        }
+        c.flush(&mut emit);
+        assert_eq!(c.pending(), 0);
+        out
+    }
+
+    #[test]
+    fn segments_then_coalesces_back() {
+        let payload: Vec<u8> = (0..4000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let sf = super_v4(&payload, tcp_flags::ACK | tcp_flags::PSH, 1000);
+        let mut batch = SegmentBatch::default();
+        segment_tcp(&vnet_v4(1448), &sf, &mut batch).unwrap();
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.stride(), 8 + 66 + 1448);
+        let frames: Vec<&[u8]> = (0..3).map(|i| batch.frame(i)).collect();
+        let out = coalesce_all(&frames);
+        assert_eq!(out.len(), 1, "one super-frame");
+        let (vnet, frame, n) = &out[0];
+        assert_eq!(*n, 3);
+        assert_eq!(*vnet, vnet_v4(1448));
+        // Same bytes, except the ident (kept from the first segment) which is the original's.
+        assert_eq!(frame, &sf);
+    }
+
+    #[test]
+    fn complete_checksum_folds_from_csum_start() {
+        let sf = super_v4(b"hello, world", tcp_flags::ACK, 1);
+        let mut f = sf.clone();
+        let vnet = VirtioNetHdrRepr {
+            gso_type: gso_type::NONE,
+            ..vnet_v4(0)
+        };
+        complete_checksum(&vnet, &mut f).unwrap();
+        let tcp = TcpPacket::new_checked(&f[34..]).unwrap();
+        assert!(tcp.verify_checksum_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)));
+        let bad = VirtioNetHdrRepr {
+            csum_start: f.len() as u16 - 1,
+            ..vnet
+        };
+        assert_eq!(
+            complete_checksum(&bad, &mut f),
+            Err(OffloadError::BadChecksumOffsets)
+        );
+        let mut g = sf.clone();
+        complete_checksum(&VirtioNetHdrRepr::default(), &mut g).unwrap();
+        assert_eq!(g, sf, "no NEEDS_CSUM: untouched");
+    }
+
+    #[test]
+    fn rejects_what_it_does_not_segment() {
+        let sf = super_v4(&[0u8; 3000], tcp_flags::ACK, 1);
+        let mut batch = SegmentBatch::default();
+        let udp = VirtioNetHdrRepr {
+            gso_type: gso_type::UDP_L4,
+            ..vnet_v4(1448)
+        };
+        assert_eq!(
+            segment_tcp(&udp, &sf, &mut batch),
+            Err(OffloadError::UnsupportedGso(gso_type::UDP_L4))
+        );
+        let v6 = VirtioNetHdrRepr {
+            gso_type: gso_type::TCPV6,
+            ..vnet_v4(1448)
+        };
+        assert_eq!(
+            segment_tcp(&v6, &sf, &mut batch),
+            Err(OffloadError::UnsupportedGso(gso_type::TCPV6))
+        );
+        assert_eq!(
+            segment_tcp(&vnet_v4(0), &sf, &mut batch),
+            Err(OffloadError::ZeroGsoSize)
+        );
+        let off = VirtioNetHdrRepr {
+            csum_start: 30,
+            ..vnet_v4(1448)
+        };
+        assert_eq!(
+            segment_tcp(&off, &sf, &mut batch),
+            Err(OffloadError::BadChecksumOffsets)
+        );
+        assert_eq!(
+            segment_tcp(&vnet_v4(1448), &sf[..50], &mut batch),
+            Err(OffloadError::Malformed)
+        );
+        let mut small = SegmentBatch::with_capacity(0);
+        assert_eq!(
+            segment_tcp(&vnet_v4(48), &sf, &mut small),
+            Err(OffloadError::NoRoom)
+        );
+        assert!(small.is_empty());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// segment → coalesce reproduces the super-frame's headers and payload.
+        #[test]
+        fn segment_coalesce_roundtrip(
+            len in 1usize..20_000,
+            mss in 200u16..1500,
+            seq in any::<u32>(),
+            psh in any::<bool>(),
+            seed in any::<u8>(),
+        ) {
+            let payload: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+            let flags = tcp_flags::ACK | if psh { tcp_flags::PSH } else { 0 };
+            let sf = super_v4(&payload, flags, seq);
+            let mut batch = SegmentBatch::default();
+            segment_tcp(&vnet_v4(mss), &sf, &mut batch).unwrap();
+            prop_assert_eq!(batch.len(), len.div_ceil(usize::from(mss)));
+            let mut total = 0;
+            for i in 0..batch.len() {
+                let f = batch.frame(i);
+                let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+                prop_assert!(ip.verify_checksum());
+                let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+                prop_assert!(tcp.verify_checksum_v4(ip.src_addr(), ip.dst_addr()));
+                prop_assert_eq!(tcp.seq_number(), seq.wrapping_add(total as u32));
+                total += tcp.payload().len();
+            }
+            prop_assert_eq!(total, len);
+            let frames: Vec<&[u8]> = (0..batch.len()).map(|i| batch.frame(i)).collect();
+            let out = coalesce_all(&frames);
+            prop_assert_eq!(out.len(), 1);
+            let (vnet, frame, n) = &out[0];
+            prop_assert_eq!(*n, batch.len());
+            if *n == 1 {
+                // One segment goes back unchanged, checksum complete.
+                prop_assert_eq!(vnet.flags, vnet_flags::DATA_VALID);
+                prop_assert_eq!(&frame[..], batch.frame(0));
+            } else {
+                prop_assert_eq!(*vnet, vnet_v4(mss));
+                prop_assert_eq!(frame, &sf);
+            }
+        }
+
+        /// The fast sum equals the reference one for every length and content.
+        #[test]
+        fn fast_checksum_matches_reference(
+            bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+            start in 0usize..40,
+        ) {
+            let data = &bytes[start.min(bytes.len())..];
+            prop_assert_eq!(checksum_sum(data), checksum::sum(data));
+        }
+
+        /// Arbitrary bytes and headers never panic either engine.
+        #[test]
+        fn random_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+            flags in any::<u8>(),
+            gso in any::<u8>(),
+            gso_size in any::<u16>(),
+            csum_start in any::<u16>(),
+            csum_offset in any::<u16>(),
+        ) {
+            let vnet = VirtioNetHdrRepr { flags, gso_type: gso, hdr_len: 0, gso_size, csum_start, csum_offset };
+            let mut batch = SegmentBatch::with_capacity(64 << 10);
+            let _ = segment_tcp(&vnet, &bytes, &mut batch);
+            let mut copy = bytes.clone();
+            let _ = complete_checksum(&vnet, &mut copy);
+            let mut c = Coalescer::new(2);
+            let mut n = 0;
+            let mut emit = |_f: CoalescedFrame<'_>| n += 1;
+            c.push(1, &bytes, &mut emit);
+            c.push(1, &bytes, &mut emit);
+            c.flush(&mut emit);
+            prop_assert_eq!(n as u64, c.stats().frames_out);
+        }
+
+        /// Random bytes behind a valid Ethernet/IPv4/TCP header prefix never panic.
+        #[test]
+        fn mutated_frames_never_panic(
+            len in 1usize..3000,
+            mss in 1u16..2000,
+            pos in proptest::collection::vec((0usize..80, any::<u8>()), 0..6),
+        ) {
+            let mut sf = super_v4(&vec![0xab; len], tcp_flags::ACK, 9);
+            for (p, v) in pos {
+                if p < sf.len() { sf[p] = v; }
+            }
+            let mut batch = SegmentBatch::default();
+            let _ = segment_tcp(&vnet_v4(mss), &sf, &mut batch);
+            let mut c = Coalescer::new(1);
+            let mut emit = |_f: CoalescedFrame<'_>| {};
+            for i in 0..batch.len() {
+                let f = batch.frame(i).to_vec();
+                c.push(1, &f, &mut emit);
+            }
+            c.push(1, &sf, &mut emit);
+            c.flush(&mut emit);
+        }
+    }
+}
