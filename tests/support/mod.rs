@@ -7,6 +7,8 @@
 //! per-test prefix (`vx<pid%10000><tag>`) so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod capture;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
