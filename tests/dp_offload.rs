@@ -49,13 +49,7 @@ fn avg(after: (u64, u64), before: (u64, u64)) -> u64 {
 /// One network "blue" (10.60.0.0/24) with one container on each of the two hosts; waits for
 /// ping. Returns (c1, c2, ip1, ip2, tap name).
 fn two_containers(cluster: &mut Cluster) -> (String, String, String, String, String) {
-    cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.60.0.0/24", "blue"]);
-    let c1 = cluster.container();
-    let c2 = cluster.container();
-    cluster.agents[0].vxnet(&["network", "connect", "blue", &c1]);
-    cluster.agents[1].vxnet(&["network", "connect", "blue", &c2]);
-    let ip1 = cluster.ipv4_of(&c1, "eth0");
-    let ip2 = cluster.ipv4_of(&c2, "eth0");
+    let Pair { c1, c2, ip1, ip2 } = cluster.pair_on_network("blue", "10.60.0.0/24");
     let vni = cluster.agents[0]
         .vxnet(&[
             "network",
@@ -66,13 +60,6 @@ fn two_containers(cluster: &mut Cluster) -> (String, String, String, String, Str
         ])
         .trim()
         .to_string();
-    wait_for("ping c1 → c2", Duration::from_secs(20), || {
-        cluster
-            .ping(&c1, &ip2, 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
     (c1, c2, ip1, ip2, format!("vxt-{vni}"))
 }
 

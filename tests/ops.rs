@@ -82,19 +82,7 @@ fn metrics_parse_and_move_with_traffic() {
         ..ClusterOptions::default()
     };
     let mut cluster = Cluster::new("me", options);
-    cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.31.0.0/24", "m"]);
-    let c1 = cluster.container();
-    let c2 = cluster.container();
-    cluster.agents[0].vxnet(&["network", "connect", "m", &c1]);
-    cluster.agents[1].vxnet(&["network", "connect", "m", &c2]);
-    let ip2 = cluster.ipv4_of(&c2, "eth0");
-    wait_for("first ping", Duration::from_secs(20), || {
-        cluster
-            .ping(&c1, &ip2, 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
+    let Pair { c1, ip2, .. } = cluster.pair_on_network("m", "10.31.0.0/24");
 
     let h1 = cluster.host_ns(0).to_string();
     let before = parse_exposition(&scrape(&cluster, &h1));
@@ -185,20 +173,8 @@ fn capture_100_pings_read_back_with_tshark() {
         return;
     }
     let mut cluster = Cluster::new("cp", ClusterOptions::default());
-    cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.32.0.0/24", "cap"]);
-    let c1 = cluster.container();
-    let c2 = cluster.container();
-    cluster.agents[0].vxnet(&["network", "connect", "cap", &c1]);
-    cluster.agents[1].vxnet(&["network", "connect", "cap", &c2]);
-    let ip2 = cluster.ipv4_of(&c2, "eth0");
     // Warm up (ARP resolved) so the capture sees exactly the 100 requests and 100 replies.
-    wait_for("first ping", Duration::from_secs(20), || {
-        cluster
-            .ping(&c1, &ip2, 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
+    let Pair { c1, ip1, ip2, .. } = cluster.pair_on_network("cap", "10.32.0.0/24");
     let pcap = cluster.dir().join("cap.pcap");
     let agent = &cluster.agents[0];
     let mut capture = std::process::Command::new(env!("CARGO_BIN_EXE_vxnet"))
@@ -224,7 +200,6 @@ fn capture_100_pings_read_back_with_tshark() {
         pcap.display()
     ));
     let lines: Vec<&str> = fields.lines().collect();
-    let ip1 = cluster.ipv4_of(&c1, "eth0");
     let requests = lines
         .iter()
         .filter(|l| **l == format!("8\t{ip1}\t{ip2}"))

@@ -80,19 +80,7 @@ fn agent_restart_reconciles_links_and_traffic_resumes() {
         return;
     }
     let mut cluster = Cluster::new("rs", ClusterOptions::default());
-    cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.34.0.0/24", "r"]);
-    let c1 = cluster.container();
-    let c2 = cluster.container();
-    cluster.agents[0].vxnet(&["network", "connect", "r", &c1]);
-    cluster.agents[1].vxnet(&["network", "connect", "r", &c2]);
-    let ip2 = cluster.ipv4_of(&c2, "eth0");
-    wait_for("first ping", Duration::from_secs(20), || {
-        cluster
-            .ping(&c1, &ip2, 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
+    let Pair { c1, ip2, .. } = cluster.pair_on_network("r", "10.34.0.0/24");
     let h1 = cluster.host_ns(0).to_string();
     let vx_links = |cluster: &Cluster| -> Vec<String> {
         let mut links: Vec<String> = cluster

@@ -396,7 +396,36 @@ c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
 print(sent, h.hexdigest(), flush=True)
 "#;
 
+/// Two containers on one network: `c1` on h1 and `c2` on h2.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    /// Container namespace on h1.
+    pub c1: String,
+    /// Container namespace on h2.
+    pub c2: String,
+    /// `c1`'s overlay address.
+    pub ip1: String,
+    /// `c2`'s overlay address.
+    pub ip2: String,
+}
+
 impl Cluster {
+    /// Creates network `name` (`subnet`) on h1, attaches a container on h1 and one on h2, and
+    /// waits until the first ping from c1 to c2 passes (both hosts have applied both endpoints).
+    pub fn pair_on_network(&mut self, name: &str, subnet: &str) -> Pair {
+        self.agents[0].vxnet(&["network", "create", "--subnet", subnet, name]);
+        let c1 = self.container();
+        let c2 = self.container();
+        self.agents[0].vxnet(&["network", "connect", name, &c1]);
+        self.agents[1].vxnet(&["network", "connect", name, &c2]);
+        let ip1 = self.ipv4_of(&c1, "eth0");
+        let ip2 = self.ipv4_of(&c2, "eth0");
+        wait_for("first ping", Duration::from_secs(20), || {
+            self.ping(&c1, &ip2, 1, "").status.success().then_some(())
+        });
+        Pair { c1, c2, ip1, ip2 }
+    }
+
     /// Sends `bytes` over TCP from `from_ns` to `to_ip` (in `to_ns`); returns the sender's and
     /// the receiver's "<bytes> <sha256>" lines.
     pub fn tcp_transfer(
