@@ -456,6 +456,16 @@ fn fdb_show(agent: &Agent, network: Option<&str>) -> ApiResponse {
     }
 }
 
+/// The name of the network with VNI `vni`, or the VNI itself while the state has none (a network
+/// being removed): how `stats` and the metrics label per-network counters.
+pub(crate) fn network_name(state: &vxnet_controlplane::State, vni: u32) -> String {
+    state
+        .networks()
+        .find(|n| n.vni == vni)
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| vni.to_string())
+}
+
 fn stats(agent: &Agent) -> ApiResponse {
     let mut counters = BTreeMap::new();
     for (reason, count) in agent.stats.snapshot() {
@@ -464,12 +474,7 @@ fn stats(agent: &Agent) -> ApiResponse {
     let view = agent.driver.view();
     let fib = agent.fib.load();
     for table in fib.networks() {
-        let name = view
-            .state
-            .networks()
-            .find(|n| n.vni == table.vni())
-            .map(|n| n.name.clone())
-            .unwrap_or_else(|| table.vni().to_string());
+        let name = network_name(&view.state, table.vni());
         let c = table.counters().read();
         counters.insert(format!("net.{name}.rx_packets"), c.rx_packets);
         counters.insert(format!("net.{name}.rx_bytes"), c.rx_bytes);

@@ -456,37 +456,7 @@ impl Worker {
                 Ok(len) => len,
                 Err(_) => return, // WouldBlock: drained
             };
-            if self.capture.is_active() {
-                let frame = &bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
-                self.capture.mirror(vni, Direction::Egress, frame);
-            }
-            match router.egress(&fib, vni, &mut bufs.tx, len, now) {
-                EgressAction::Unicast {
-                    vtep,
-                    packet,
-                    flow_hash,
-                } => {
-                    self.send(packet, vtep, flow_hash);
-                }
-                EgressAction::Flood {
-                    vteps,
-                    packet,
-                    flow_hash,
-                } => {
-                    for &vtep in vteps {
-                        self.send(packet, vtep, flow_hash);
-                    }
-                }
-                EgressAction::Reply { frame } => {
-                    if self.capture.is_active() {
-                        self.capture.mirror(vni, Direction::Ingress, frame);
-                    }
-                    if tap.write(frame).is_err() {
-                        self.stats.count_drop(DropReason::TapWriteError);
-                    }
-                }
-                EgressAction::Local | EgressAction::Drop(_) => {}
-            }
+            self.route_frame(router, &fib, tap, &mut bufs.tx, vni, len, now);
         }
     }
 
@@ -511,7 +481,13 @@ impl Worker {
         if self.capture.is_active() {
             self.capture.mirror(vni, Direction::Ingress, frame);
         }
-        if tap.write_vnet(&[0; VNET_HDR_LEN], frame).is_err() {
+        // A TAP with a vnet header expects one in front of every frame (zero: no offload).
+        let written = if tap.options().vnet_hdr {
+            tap.write_vnet(&[0; VNET_HDR_LEN], frame)
+        } else {
+            tap.write(frame)
+        };
+        if written.is_err() {
             self.stats.count_drop(DropReason::TapWriteError);
         }
     }
@@ -556,7 +532,7 @@ impl Worker {
         }
     }
 
-    /// Routes one ordinary frame at `buf[EGRESS_HEADROOM..][..len]` (offload path).
+    /// Routes one ordinary (not segmented) frame at `buf[EGRESS_HEADROOM..][..len]`.
     #[allow(clippy::too_many_arguments)]
     fn route_frame(
         &self,
