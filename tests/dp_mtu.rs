@@ -16,13 +16,18 @@ use vxnet_dataplane::wire::{
     EtherType, EthernetFrame, Icmpv4Packet, Ipv4Packet, icmpv4, ip_protocol,
 };
 
-fn link_mtu(ns: &str, ifname: &str) -> u32 {
-    let out = sh(&format!("ip -n {ns} -o link show dev {ifname}"));
+/// A numeric attribute (`mtu`, `gso_max_size`, ...) of a link, from `ip -d link`.
+fn link_attr(ns: &str, ifname: &str, attr: &str) -> u32 {
+    let out = sh(&format!("ip -n {ns} -d -o link show dev {ifname}"));
     out.split_whitespace()
-        .skip_while(|w| *w != "mtu")
+        .skip_while(|w| *w != attr)
         .nth(1)
         .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("no mtu in {out}"))
+        .unwrap_or_else(|| panic!("no {attr} in {out}"))
+}
+
+fn link_mtu(ns: &str, ifname: &str) -> u32 {
+    link_attr(ns, ifname, "mtu")
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -125,6 +130,12 @@ fn mtu_and_path_mtu_discovery() {
     assert_eq!(link_mtu(&h1, "ul0"), 1400, "underlay");
     for (ns, host) in [(&c1, &h1), (&c2, &h2)] {
         assert_eq!(link_mtu(ns, "eth0"), 1350, "container eth0 in {ns}");
+        // Super-frames the container sends fit one UDP GSO send of the agent.
+        assert_eq!(
+            link_attr(ns, "eth0", "gso_max_size"),
+            vxnet_dataplane::offload::container_gso_max_size(1350),
+            "container eth0 gso_max_size in {ns}"
+        );
         assert_eq!(
             link_mtu(host, &format!("vxb-{vni}")),
             1350,

@@ -122,6 +122,7 @@ fn frames_cross_the_bridge(opts: TapOptions) {
             ipv4: CT_IP,
             prefix_len: 24,
             mtu: 1450,
+            gso_max_size: Some(60_000),
         };
         nl.create_veth_into_netns(&spec).await?;
         Ok(())

@@ -203,6 +203,7 @@ impl Reconciler {
             ipv4,
             prefix_len: u8::try_from(endpoint.prefix_len).unwrap_or(32),
             mtu: self.mtu,
+            gso_max_size: Some(vxnet_dataplane::offload::container_gso_max_size(self.mtu)),
         };
         let created = self.netlink.create_veth_into_netns(&spec).await?;
         self.netlink

@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read as _};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
@@ -44,12 +44,13 @@ use serde_json::{Value, json};
 const USAGE: &str = "\
 overlay_bench: no overlay vs kernel VXLAN vs vxnet, side by side (needs root)
 
-usage: overlay_bench [--quick] [--out DIR] [--runs N] [--only LIST] [--vxnetd PATH] [--vxnet PATH]
+usage: overlay_bench [--quick] [--out DIR] [--runs N] [--only LIST] [--steps LIST] [--vxnetd PATH] [--vxnet PATH]
 
   --quick         2 s iperf3 runs and a 1 s UDP window (default: 5 s and 3 s)
   --out DIR       where results.json and throughput.png go (default: bench/results)
   --runs N        repeat the interleaved measurements N times, report medians (default: 1)
   --only LIST     comma-separated subset of no-overlay,kernel-vxlan,vxnet
+  --steps LIST    comma-separated subset of ping,rr,tcp1,tcp4,udp (default: all)
   --blast-threads N  UDP generator threads (default: 2)
   --vxnetd PATH   agent binary (default: next to this binary)
   --vxnet PATH    CLI binary (default: next to this binary)
@@ -762,6 +763,57 @@ fn udp_rate(
     ]))
 }
 
+/// Request/response latency (netperf's TCP_RR): one TCP connection, a 1-byte request answered by
+/// a 1-byte response, back to back for `secs`; every round trip is timed. Unlike ping with a
+/// pause between probes, this keeps the path busy, so it measures the path rather than how fast
+/// idle CPUs wake up.
+fn tcp_rr(topo: &Topo, me: &Path, secs: f64) -> Result<BTreeMap<&'static str, f64>> {
+    let mut server = Proc::spawn(
+        Command::new("ip")
+            .args(["netns", "exec", &topo.containers[1]])
+            .arg(me)
+            .args(["__rr-server", &RR_PORT.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    )?;
+    let mut lines = BufReader::new(server.child().stdout.take().context("rr server stdout")?).lines();
+    let ready = lines.next().transpose()?.unwrap_or_default();
+    if ready.trim() != "ready" {
+        bail!("rr server did not start: {ready}");
+    }
+    let out = Command::new("ip")
+        .args(["netns", "exec", &topo.containers[0]])
+        .arg(me)
+        .args([
+            "__rr-client",
+            &format!("{}:{RR_PORT}", topo.dst),
+            &secs.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .output()?;
+    let _ = server.child().wait();
+    if !out.status.success() {
+        bail!(
+            "rr client {}: {}",
+            topo.kind.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut v = text
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap_or(f64::NAN));
+    let mut next = || v.next().unwrap_or(f64::NAN);
+    let (count, elapsed, p50, p99, min) = (next(), next(), next(), next(), next());
+    Ok(BTreeMap::from([
+        ("rr_p50_us", p50),
+        ("rr_p99_us", p99),
+        ("rr_min_us", min),
+        ("rr_tps", count / elapsed),
+    ]))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hidden subcommands: the UDP blaster and sink, run inside the container namespaces.
 // ---------------------------------------------------------------------------------------------
@@ -904,6 +956,66 @@ fn reuseport_socket(port: u16) -> Result<UdpSocket> {
 }
 
 /// Counts packets in a `window` that starts `warmup` seconds after the first packet arrives.
+/// Echoes 1-byte requests on one TCP connection until the client closes it.
+fn rr_server(args: &[String]) -> Result<()> {
+    let port: u16 = args.first().context("port")?.parse()?;
+    let listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+    println!("ready");
+    let (mut conn, _) = listener.accept()?;
+    conn.set_nodelay(true)?;
+    let mut byte = [0u8; 1];
+    loop {
+        match conn.read(&mut byte)? {
+            0 => return Ok(()),
+            _ => conn.write_all(&byte)?,
+        }
+    }
+}
+
+/// Times 1-byte request/response round trips for `secs` after a short warm-up; prints
+/// `count elapsed_s p50_us p99_us min_us`.
+fn rr_client(args: &[String]) -> Result<()> {
+    let dst: SocketAddrV4 = args.first().context("dst")?.parse()?;
+    let secs: f64 = args.get(1).context("secs")?.parse()?;
+    let give_up = Instant::now() + Duration::from_secs(5);
+    let mut conn = loop {
+        match std::net::TcpStream::connect(dst) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > give_up => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut byte = [0u8; 1];
+    let mut round_trip = |conn: &mut std::net::TcpStream| -> Result<Duration> {
+        let t0 = Instant::now();
+        conn.write_all(&byte)?;
+        conn.read_exact(&mut byte)?;
+        Ok(t0.elapsed())
+    };
+    let warm_until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < warm_until {
+        round_trip(&mut conn)?;
+    }
+    let mut us: Vec<f64> = Vec::with_capacity(200_000);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        us.push(round_trip(&mut conn)?.as_secs_f64() * 1e6);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    us.sort_by(f64::total_cmp);
+    println!(
+        "{} {elapsed} {} {} {}",
+        us.len(),
+        percentile(&us, 50.0),
+        percentile(&us, 99.0),
+        us.first().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
 fn udp_sink(args: &[String]) -> Result<()> {
     let port: u16 = args.first().context("port")?.parse()?;
     let warmup = Duration::from_secs_f64(args.get(1).context("warmup")?.parse()?);
@@ -988,6 +1100,9 @@ const ROWS: &[(&str, &str, usize)] = &[
     ("udp64_offered_kpps", "UDP 64 B offered (kpps)", 0),
     ("ping_p50_us", "ping RTT p50 (us)", 0),
     ("ping_p99_us", "ping RTT p99 (us)", 0),
+    ("rr_p50_us", "TCP_RR latency p50 (us)", 0),
+    ("rr_p99_us", "TCP_RR latency p99 (us)", 0),
+    ("rr_tps", "TCP_RR transactions/s", 0),
     ("cpu_agent_s_per_gb", "CPU agent s/GB (TCP 1)", 3),
     ("cpu_softirq_s_per_gb", "CPU softirq s/GB (TCP 1)", 3),
     ("cpu_machine_busy_s_per_gb", "CPU machine busy s/GB", 3),
@@ -1271,7 +1386,13 @@ struct Options {
     vxnetd: Option<PathBuf>,
     vxnet: Option<PathBuf>,
     agent_args: Vec<String>,
+    steps: Vec<&'static str>,
 }
+
+/// The measurements, in the order one run takes them.
+const STEPS: [&str; 5] = ["ping", "rr", "tcp1", "tcp4", "udp"];
+/// TCP port of the request/response latency test.
+const RR_PORT: u16 = 9100;
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -1283,6 +1404,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         vxnetd: None,
         vxnet: None,
         agent_args: Vec::new(),
+        steps: STEPS.to_vec(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -1313,6 +1435,16 @@ fn parse_options(args: &[String]) -> Result<Options> {
                     bail!("--only: none of no-overlay,kernel-vxlan,vxnet in {list:?}");
                 }
             }
+            "--steps" => {
+                let list = value()?;
+                o.steps = STEPS
+                    .into_iter()
+                    .filter(|s| list.split(',').any(|x| x.trim() == *s))
+                    .collect();
+                if o.steps.is_empty() {
+                    bail!("--steps: none of {} in {list:?}", STEPS.join(","));
+                }
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -1328,6 +1460,8 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("__udp-blast") => udp_blast(&args[1..]),
         Some("__udp-sink") => udp_sink(&args[1..]),
+        Some("__rr-server") => rr_server(&args[1..]),
+        Some("__rr-client") => rr_client(&args[1..]),
         _ => run(&args),
     };
     if let Err(e) = result {
@@ -1397,10 +1531,10 @@ fn run(args: &[String]) -> Result<()> {
             }
         }
     }
-    let (tcp_secs, warmup, window, ping_count) = if opts.quick {
-        (2u32, 0.5, 1.0, 200u32)
+    let (tcp_secs, warmup, window, ping_count, rr_secs) = if opts.quick {
+        (2u32, 0.5, 1.0, 200u32, 1.0)
     } else {
-        (5u32, 1.0, 3.0, 200u32)
+        (5u32, 1.0, 3.0, 200u32, 3.0)
     };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
@@ -1455,7 +1589,7 @@ fn run(args: &[String]) -> Result<()> {
     };
     let measure_t0 = Instant::now();
     for run in 1..=opts.runs {
-        for step in ["ping", "tcp1", "tcp4", "udp"] {
+        for &step in &opts.steps {
             for topo in &topos {
                 eprintln!(
                     "overlay_bench: run {run}/{}: {step} on {}",
@@ -1464,6 +1598,7 @@ fn run(args: &[String]) -> Result<()> {
                 );
                 match step {
                     "ping" => record(topo.kind, ping(topo, ping_count), ""),
+                    "rr" => record(topo.kind, tcp_rr(topo, &paths.me, rr_secs), ""),
                     "tcp1" => record(topo.kind, iperf(topo, 1, tcp_secs), "tcp1_"),
                     "tcp4" => record(topo.kind, iperf(topo, 4, tcp_secs), "tcp4_"),
                     _ => record(
@@ -1577,6 +1712,8 @@ fn run(args: &[String]) -> Result<()> {
             "udp_blast_threads": opts.blast_threads,
             "ping_count": ping_count,
             "ping_interval_s": 0.005,
+            "rr_secs": rr_secs,
+            "rr_request_bytes": 1,
             "agent_args": opts.agent_args,
         },
         "topology": {

@@ -128,6 +128,9 @@ pub struct VethSpec<'a> {
     pub prefix_len: u8,
     /// MTU of both ends (the overlay MTU: underlay MTU − 50).
     pub mtu: u32,
+    /// `gso_max_size` of the container-side end: caps the TCP super-frames the container sends
+    /// (see [`crate::offload::container_gso_max_size`]); `None` keeps the kernel's default.
+    pub gso_max_size: Option<u32>,
 }
 
 /// The two ends made by [`Netlink::create_veth_into_netns`].
@@ -485,11 +488,14 @@ impl Netlink {
         if self.link_by_name(spec.host_name).await?.is_some() {
             return Err(IoError::AlreadyExists(format!("link {}", spec.host_name)));
         }
-        let peer = LinkUnspec::new_with_name(spec.peer_name)
+        let mut peer = LinkUnspec::new_with_name(spec.peer_name)
             .address(spec.mac.to_vec())
             .mtu(spec.mtu)
-            .setns_by_fd(spec.netns.as_raw_fd())
-            .build();
+            .setns_by_fd(spec.netns.as_raw_fd());
+        if let Some(size) = spec.gso_max_size {
+            peer = peer.append_extra_attribute(LinkAttribute::GsoMaxSize(size));
+        }
+        let peer = peer.build();
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(spec.host_name)
             .mtu(spec.mtu)

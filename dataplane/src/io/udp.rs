@@ -509,7 +509,12 @@ impl SendPool {
 
     /// The socket for a flow: `hash % count`, so one flow always leaves from one source port.
     pub fn socket_for(&self, hash: u64) -> &VxlanSocket {
-        &self.sockets[(hash % self.sockets.len() as u64) as usize]
+        &self.sockets[self.index_for(hash)]
+    }
+
+    /// The index in [`SendPool::sockets`] of [`SendPool::socket_for`]`(hash)`.
+    pub fn index_for(&self, hash: u64) -> usize {
+        (hash % self.sockets.len() as u64) as usize
     }
 
     /// All sockets, in `socket_for` order.

@@ -43,6 +43,7 @@ use crate::router::{
     EGRESS_HEADROOM, EGRESS_TAILROOM, EgressAction, IngressAction, Router, RouterConfig,
 };
 use crate::stats::{DropReason, StatsRegistry, WorkerStats};
+use crate::txbatch::{GsoBatcher, GsoRun};
 use crate::wire::virtio_net_hdr::gso_type;
 use crate::wire::{VirtioNetHdr, VirtioNetHdrRepr};
 
@@ -58,6 +59,8 @@ const TAP_BURST: usize = 64;
 /// The epoll token of the worker's UDP socket; TAP tokens are `TAP_TOKEN | vni`.
 const UDP_TOKEN: u64 = 1 << 40;
 const TAP_TOKEN: u64 = 1 << 32;
+/// Destinations (VTEP × send socket) with datagrams waiting for one GSO send at a time.
+const TX_RUNS: usize = 8;
 /// How often an idle worker checks whether it should stop.
 const IDLE_WAKE: Duration = Duration::from_millis(200);
 
@@ -316,6 +319,9 @@ struct Buffers {
     metas: Vec<RecvMeta>,
     batch: MsgBatch,
     tx: Vec<u8>,
+    /// Routed datagrams waiting to leave, grouped into GSO runs; flushed when a TAP queue is
+    /// drained (or its burst is over), so nothing waits for later traffic.
+    pending: GsoBatcher<TxKey>,
     /// Only with offloads.
     offload: Option<OffloadBuffers>,
 }
@@ -326,6 +332,9 @@ struct OffloadBuffers {
     segments: SegmentBatch,
     coalescer: Coalescer,
 }
+
+/// A datagram's destination VTEP and the index of its send socket in the pool.
+type TxKey = (IpAddr, usize);
 
 /// Where the segments of a super-frame go, once the router decided for the first one.
 enum SegmentTarget {
@@ -341,6 +350,7 @@ impl Worker {
             metas: vec![RecvMeta::default(); RX_BATCH],
             batch: MsgBatch::new(RX_BATCH),
             tx: vec![0u8; EGRESS_HEADROOM + MAX_PACKET.max(TAP_READ_MAX) + EGRESS_TAILROOM],
+            pending: GsoBatcher::new(TX_RUNS),
             offload: self.offload.then(|| OffloadBuffers {
                 vnet: [0; VNET_HDR_LEN],
                 segments: SegmentBatch::default(),
@@ -454,10 +464,20 @@ impl Worker {
         for _ in 0..TAP_BURST {
             let len = match tap.read(&mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + MAX_PACKET]) {
                 Ok(len) => len,
-                Err(_) => return, // WouldBlock: drained
+                Err(_) => break, // WouldBlock: drained
             };
-            self.route_frame(router, &fib, tap, &mut bufs.tx, vni, len, now);
+            self.route_frame(
+                router,
+                &fib,
+                tap,
+                &mut bufs.tx,
+                &mut bufs.pending,
+                vni,
+                len,
+                now,
+            );
         }
+        self.flush_pending(&mut bufs.pending);
     }
 
     /// Writes a frame from the coalescer to its network's TAP (vnet header first).
@@ -507,7 +527,7 @@ impl Worker {
             let frame_buf = &mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + TAP_READ_MAX];
             let len = match tap.read_vnet(&mut off.vnet, frame_buf) {
                 Ok(len) => len,
-                Err(_) => return, // WouldBlock: drained
+                Err(_) => break, // WouldBlock: drained
             };
             if len >= TAP_READ_MAX {
                 // Cannot happen with a 64 KiB GSO limit; never send a truncated frame.
@@ -522,14 +542,29 @@ impl Worker {
                     self.stats.count_drop(DropReason::BadGso);
                     continue;
                 }
-                self.route_frame(router, &fib, tap, &mut bufs.tx, vni, len, now);
+                self.route_frame(
+                    router,
+                    &fib,
+                    tap,
+                    &mut bufs.tx,
+                    &mut bufs.pending,
+                    vni,
+                    len,
+                    now,
+                );
             } else {
                 match offload::segment_tcp(&vnet, frame, &mut off.segments) {
-                    Ok(()) => self.route_segments(router, &fib, tap, &mut off.segments, vni, now),
+                    Ok(()) => {
+                        // Frames read before this super-frame leave before it (a flow's SYN or
+                        // small segments must not be overtaken).
+                        self.flush_pending(&mut bufs.pending);
+                        self.route_segments(router, &fib, tap, &mut off.segments, vni, now);
+                    }
                     Err(_) => self.stats.count_drop(DropReason::BadGso),
                 }
             }
         }
+        self.flush_pending(&mut bufs.pending);
     }
 
     /// Routes one ordinary (not segmented) frame at `buf[EGRESS_HEADROOM..][..len]`.
@@ -540,6 +575,7 @@ impl Worker {
         fib: &FibSnapshot,
         tap: &Tap,
         buf: &mut [u8],
+        pending: &mut GsoBatcher<TxKey>,
         vni: Vni,
         len: usize,
         now: Duration,
@@ -553,14 +589,14 @@ impl Worker {
                 vtep,
                 packet,
                 flow_hash,
-            } => self.send(packet, vtep, flow_hash),
+            } => self.queue(pending, packet, vtep, flow_hash),
             EgressAction::Flood {
                 vteps,
                 packet,
                 flow_hash,
             } => {
                 for &vtep in vteps {
-                    self.send(packet, vtep, flow_hash);
+                    self.queue(pending, packet, vtep, flow_hash);
                 }
             }
             EgressAction::Reply { frame } => self.write_reply(tap, vni, frame),
@@ -630,31 +666,48 @@ impl Worker {
     /// Sends every segment to `vtep` with UDP GSO (one system call per 64 segments / 64 KiB);
     /// counts the segments the kernel did not take.
     fn send_segments(&self, segments: &SegmentBatch, vtep: IpAddr, flow_hash: u32) {
-        let socket = self.pool.socket_for(u64::from(flow_hash));
-        let dst = SocketAddr::new(vtep, self.port);
-        let bytes = segments.as_bytes();
-        let sent = if segments.len() == 1 {
-            socket.send_to(bytes, dst)
-        } else {
-            socket.send_gso(dst, bytes, segments.stride())
+        let key = (vtep, self.pool.index_for(u64::from(flow_hash)));
+        self.send_run(GsoRun {
+            key: &key,
+            bytes: segments.as_bytes(),
+            stride: segments.stride(),
+            count: segments.len(),
+        });
+    }
+
+    /// Queues one routed datagram for `vtep`; it leaves with the next flush of `pending`.
+    fn queue(&self, pending: &mut GsoBatcher<TxKey>, packet: &[u8], vtep: IpAddr, flow_hash: u32) {
+        let key = (vtep, self.pool.index_for(u64::from(flow_hash)));
+        pending.push(key, packet, &mut |run| self.send_run(run));
+    }
+
+    /// Sends every queued datagram.
+    fn flush_pending(&self, pending: &mut GsoBatcher<TxKey>) {
+        pending.flush(&mut |run| self.send_run(run));
+    }
+
+    /// Sends one run of datagrams (one UDP GSO send when there are several); counts the
+    /// datagrams the kernel did not take.
+    fn send_run(&self, run: GsoRun<'_, TxKey>) {
+        let (vtep, socket) = *run.key;
+        let Some(socket) = self.pool.sockets().get(socket) else {
+            self.stats
+                .count_drops(DropReason::UdpSendError, run.count as u64);
+            return;
         };
-        let total = segments.len() as u64;
+        let dst = SocketAddr::new(vtep, self.port);
+        let sent = if run.count == 1 {
+            socket.send_to(run.bytes, dst)
+        } else {
+            socket.send_gso(dst, run.bytes, run.stride)
+        };
+        let total = run.count as u64;
         let lost = match sent {
-            Ok(n) if n >= bytes.len() => 0,
+            Ok(n) if n >= run.bytes.len() => 0,
             // send_gso stops at a whole number of segments.
-            Ok(n) => total - (n / segments.stride().max(1)) as u64,
+            Ok(n) => total - (n / run.stride.max(1)) as u64,
             Err(_) => total,
         };
         self.stats.count_drops(DropReason::UdpSendError, lost);
-    }
-
-    fn send(&self, packet: &[u8], vtep: IpAddr, flow_hash: u32) {
-        let socket = self.pool.socket_for(u64::from(flow_hash));
-        if socket
-            .send_to(packet, SocketAddr::new(vtep, self.port))
-            .is_err()
-        {
-            self.stats.count_drop(DropReason::UdpSendError);
-        }
     }
 }
