@@ -41,6 +41,8 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// `--offload` (`on` or `off`).
     pub offload: Option<Offload>,
+    /// `--busy-poll` (microseconds).
+    pub busy_poll: Option<u64>,
 }
 
 /// `--offload on|off`.
@@ -115,6 +117,7 @@ impl Settings {
             workers: self.workers.or(file.workers),
             metrics: self.metrics.or(file.metrics),
             offload: self.offload.or(file.offload),
+            busy_poll: self.busy_poll.or(file.busy_poll),
         }
     }
 
@@ -148,6 +151,10 @@ impl Settings {
             workers: self.workers.unwrap_or(2).max(1),
             metrics: self.metrics,
             offload: self.offload != Some(Offload::Off),
+            busy_poll: self.busy_poll.map_or(
+                vxnet_dataplane::io::DEFAULT_BUSY_POLL,
+                std::time::Duration::from_micros,
+            ),
         })
     }
 }

@@ -70,6 +70,8 @@ pub struct AgentConfig {
     pub metrics: Option<SocketAddr>,
     /// Use TAP and UDP offloads (TSO/GSO/GRO); off: one frame per syscall.
     pub offload: bool,
+    /// How long a data plane worker keeps polling after its last packet before it sleeps.
+    pub busy_poll: std::time::Duration,
 }
 
 /// Why the agent could not start or had to stop.
@@ -236,6 +238,7 @@ impl Agent {
                 vxlan_port: config.vxlan_port,
                 workers: config.workers,
                 offload: config.offload,
+                busy_poll: config.busy_poll,
                 ..DataPlaneConfig::default()
             },
             Arc::clone(&fib),

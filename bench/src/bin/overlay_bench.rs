@@ -777,7 +777,8 @@ fn tcp_rr(topo: &Topo, me: &Path, secs: f64) -> Result<BTreeMap<&'static str, f6
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit()),
     )?;
-    let mut lines = BufReader::new(server.child().stdout.take().context("rr server stdout")?).lines();
+    let mut lines =
+        BufReader::new(server.child().stdout.take().context("rr server stdout")?).lines();
     let ready = lines.next().transpose()?.unwrap_or_default();
     if ready.trim() != "ready" {
         bail!("rr server did not start: {ready}");

@@ -19,7 +19,9 @@ pub use netlink::{LinkInfo, LinkRef, Netlink, VethCreated, VethSpec, in_netns, i
 pub use netns::{NamedNetns, NetnsHandle};
 pub use tap::{Tap, TapOffloads, TapOptions, VNET_HDR_LEN};
 pub use udp::{MsgBatch, RecvMeta, SendPool, VxlanSocket, bind_vxlan_rx};
-pub use workers::{DataPlane, DataPlaneConfig};
+pub use workers::{
+    BUSY_POLL_BUDGET, BUSY_POLL_PERIOD, BusyPoll, DEFAULT_BUSY_POLL, DataPlane, DataPlaneConfig,
+};
 
 /// Errors of the I/O layer's setup calls.
 #[derive(Debug, thiserror::Error)]

@@ -80,6 +80,9 @@ pub struct DataPlaneConfig {
     /// Use TAP offloads (vnet header, TSO super-frames) and UDP GSO/GRO; `false` is the plain
     /// one-frame-per-syscall path (`vxnetd --offload off`).
     pub offload: bool,
+    /// How long a worker keeps polling (yielding the CPU between polls) after its last packet
+    /// before it sleeps; zero: sleep at once. See [`BusyPoll`].
+    pub busy_poll: Duration,
 }
 
 impl Default for DataPlaneConfig {
@@ -92,6 +95,81 @@ impl Default for DataPlaneConfig {
             // 10k MTU-sized datagrams in flight without a drop (each costs ~2 KiB of truesize).
             rcvbuf_bytes: 32 << 20,
             offload: true,
+            busy_poll: DEFAULT_BUSY_POLL,
+        }
+    }
+}
+
+/// Default [`DataPlaneConfig::busy_poll`]: longer than one overlay round trip on one machine
+/// (~60-100 µs), so a request's reply finds the worker awake.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
+
+/// Whether a worker keeps polling instead of sleeping (no clock inside: `now` is the time since
+/// the worker started).
+///
+/// A sleeping worker costs a wakeup per packet: an IPI, a context switch and, on a VM, waking an
+/// idle vCPU, tens of µs each, four times per overlay round trip. After handling events the worker
+/// keeps polling for `window` (non-blocking `epoll_wait`, `sched_yield` between polls so any
+/// runnable thread goes first), so a reply arriving within the window finds it awake. Polling is
+/// capped at [`BUSY_POLL_BUDGET`] of each [`BUSY_POLL_PERIOD`] (80%): steady traffic at a few
+/// thousand packets per second cannot make a worker spin a whole core, and the yield means any
+/// other runnable thread (the containers' own) runs before the next poll.
+#[derive(Debug)]
+pub struct BusyPoll {
+    window: Duration,
+    last_work: Option<Duration>,
+    period_start: Duration,
+    spent: Duration,
+    /// When the poll before this one happened, while spinning.
+    last_poll: Option<Duration>,
+}
+
+/// Length of one busy-poll accounting period.
+pub const BUSY_POLL_PERIOD: Duration = Duration::from_millis(10);
+/// Most polling time per [`BUSY_POLL_PERIOD`].
+pub const BUSY_POLL_BUDGET: Duration = Duration::from_millis(8);
+
+impl BusyPoll {
+    /// Polls for up to `window` after each piece of work; zero never polls.
+    pub fn new(window: Duration) -> Self {
+        BusyPoll {
+            window,
+            last_work: None,
+            period_start: Duration::ZERO,
+            spent: Duration::ZERO,
+            last_poll: None,
+        }
+    }
+
+    /// The worker handled events at `now`.
+    pub fn worked(&mut self, now: Duration) {
+        self.account(now);
+        self.last_poll = None;
+        self.last_work = Some(now);
+    }
+
+    /// Whether to poll once more (true) or sleep (false) at `now`.
+    pub fn keep_polling(&mut self, now: Duration) -> bool {
+        self.account(now);
+        let Some(last_work) = self.last_work else {
+            return false;
+        };
+        let poll = now.saturating_sub(last_work) < self.window && self.spent < BUSY_POLL_BUDGET;
+        self.last_poll = poll.then_some(now);
+        poll
+    }
+
+    /// Time spent polling so far in the current period.
+    pub fn spent(&self) -> Duration {
+        self.spent
+    }
+
+    fn account(&mut self, now: Duration) {
+        if now.saturating_sub(self.period_start) >= BUSY_POLL_PERIOD {
+            self.period_start = now;
+            self.spent = Duration::ZERO;
+        } else if let Some(last) = self.last_poll {
+            self.spent += now.saturating_sub(last);
         }
     }
 }
@@ -200,6 +278,7 @@ impl DataPlane {
                 port: config.vxlan_port,
                 capture: Arc::clone(&capture),
                 offload: config.offload,
+                busy_poll: config.busy_poll,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vxnet-dp{index}"))
@@ -311,6 +390,7 @@ struct Worker {
     capture: Arc<CaptureHub>,
     /// TAPs with vnet header and TSO; segmentation and coalescing on.
     offload: bool,
+    busy_poll: Duration,
 }
 
 /// The worker's reusable buffers: allocated once, never per packet.
@@ -360,8 +440,22 @@ impl Worker {
         // SAFETY: epoll_event is plain old data; all-zero is a valid value.
         let mut events = vec![unsafe { std::mem::zeroed::<libc::epoll_event>() }; 64];
         let epoch = Instant::now();
+        let mut busy = BusyPoll::new(self.busy_poll);
         while !self.stop.load(Ordering::Relaxed) {
-            let ready = self.epoll.wait(&mut events, IDLE_WAKE);
+            let ready = if busy.keep_polling(epoch.elapsed()) {
+                match self.epoll.wait(&mut events, Duration::ZERO) {
+                    0 => {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    n => n,
+                }
+            } else {
+                self.epoll.wait(&mut events, IDLE_WAKE)
+            };
+            if ready > 0 {
+                busy.worked(epoch.elapsed());
+            }
             for event in &events[..ready] {
                 let token = event.u64;
                 if token == UDP_TOKEN {
@@ -709,5 +803,62 @@ impl Worker {
             Err(_) => total,
         };
         self.stats.count_drops(DropReason::UdpSendError, lost);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn busy_poll_polls_within_the_window_after_work_only() {
+        let mut b = BusyPoll::new(100 * US);
+        assert!(!b.keep_polling(Duration::ZERO), "no work yet: sleep");
+        b.worked(1000 * US);
+        assert!(b.keep_polling(1010 * US));
+        assert!(b.keep_polling(1099 * US));
+        assert!(!b.keep_polling(1100 * US), "window over");
+        b.worked(1200 * US);
+        assert!(b.keep_polling(1250 * US));
+    }
+
+    #[test]
+    fn zero_window_never_polls() {
+        let mut b = BusyPoll::new(Duration::ZERO);
+        b.worked(5 * US);
+        assert!(!b.keep_polling(5 * US));
+    }
+
+    #[test]
+    fn polling_is_capped_per_period_and_the_budget_comes_back() {
+        let mut b = BusyPoll::new(Duration::from_secs(1));
+        b.worked(Duration::ZERO);
+        let mut now = Duration::ZERO;
+        let mut polled = Duration::ZERO;
+        // Poll every µs until refused: the cap stops it within the first period.
+        while b.keep_polling(now) {
+            now += US;
+            polled += US;
+            assert!(polled <= BUSY_POLL_PERIOD, "never refused");
+        }
+        assert!(
+            polled >= BUSY_POLL_BUDGET && polled <= BUSY_POLL_BUDGET + 2 * US,
+            "{polled:?}"
+        );
+        // Work in the next period: polling is allowed again.
+        b.worked(BUSY_POLL_PERIOD + US);
+        assert!(b.keep_polling(BUSY_POLL_PERIOD + 2 * US));
+    }
+
+    #[test]
+    fn time_between_work_and_polls_is_not_charged() {
+        let mut b = BusyPoll::new(100 * US);
+        b.worked(Duration::ZERO);
+        assert!(b.keep_polling(10 * US));
+        b.worked(50 * US); // 40 µs of polling
+        assert!(b.keep_polling(60 * US)); // handling work (50..60) is not polling
+        assert_eq!(b.spent(), 40 * US);
     }
 }
