@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
-use vxnet_dataplane::router::{EGRESS_HEADROOM, EgressAction, IngressAction};
+use vxnet_dataplane::router::{EGRESS_HEADROOM, EgressAction, IngressAction, IngressMemo};
 
 /// Frames that look enough like real traffic to reach deep paths, then mutated.
 fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
@@ -108,6 +108,53 @@ proptest! {
         let counters = host.fib.load().network(VNI).unwrap().counters().read();
         prop_assert_eq!(counters.rx_packets, delivered);
         prop_assert_eq!(host.stats.total_drops(), drops);
+    }
+
+    #[test]
+    fn ingress_with_a_memo_decides_like_ingress_alone(
+        pool in proptest::collection::vec((frame_strategy(), any::<u8>(), 0u32..2), 1..6),
+        picks in proptest::collection::vec(any::<prop::sample::Index>(), 1..40),
+        src in 0usize..4,
+    ) {
+        // One batch from one sender: datagrams drawn from a small pool, so headers repeat and
+        // the memo is hit, including by datagrams whose inner IP header differs.
+        let sources: [IpAddr; 4] = [VTEP_A, VTEP_B, VTEP_C, "10.9.9.9".parse().unwrap()];
+        let datagrams: Vec<Vec<u8>> = pool
+            .iter()
+            .map(|(inner, flags, vni_delta)| {
+                let mut d = vec![*flags | 0x08, 0, 0, 0];
+                d.extend_from_slice(&((VNI + vni_delta) << 8).to_be_bytes());
+                d.extend_from_slice(inner);
+                d
+            })
+            .collect();
+        let mut plain = Host::peer_of(&Host::new());
+        let mut memoized = Host::peer_of(&Host::new());
+        let (plain_fib, memo_fib) = (plain.fib.load(), memoized.fib.load());
+        let mut memo = IngressMemo::default();
+        for pick in &picks {
+            let datagram = &datagrams[pick.index(datagrams.len())];
+            let want = plain.router.ingress(&plain_fib, sources[src], datagram);
+            let got = memoized.router.ingress_with(&memo_fib, sources[src], datagram, &mut memo);
+            match (want, got) {
+                (
+                    IngressAction::Deliver { vni: a, frame: fa },
+                    IngressAction::Deliver { vni: b, frame: fb },
+                ) => {
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(fa, fb);
+                }
+                (IngressAction::Drop(a), IngressAction::Drop(b)) => prop_assert_eq!(a, b),
+                (want, got) => {
+                    return Err(TestCaseError::fail(format!("{want:?} vs {got:?}")));
+                }
+            }
+        }
+        prop_assert_eq!(plain.stats.total_drops(), memoized.stats.total_drops());
+        prop_assert_eq!(
+            plain_fib.network(VNI).unwrap().counters().read().rx_packets,
+            memo_fib.network(VNI).unwrap().counters().read().rx_packets
+        );
     }
 
     #[test]

@@ -40,7 +40,8 @@ use crate::io::{
 };
 use crate::offload::{self, CoalescedFrame, Coalescer, SegmentBatch};
 use crate::router::{
-    EGRESS_HEADROOM, EGRESS_TAILROOM, EgressAction, IngressAction, Router, RouterConfig,
+    EGRESS_HEADROOM, EGRESS_TAILROOM, EgressAction, IngressAction, IngressMemo, Router,
+    RouterConfig,
 };
 use crate::stats::{DropReason, StatsRegistry, WorkerStats};
 use crate::txbatch::{GsoBatcher, GsoRun};
@@ -497,11 +498,14 @@ impl Worker {
                 // With UDP GRO one buffer holds several datagrams of `stride` bytes each. An
                 // empty datagram yields no chunk: route it anyway, so it is counted as a drop.
                 let empty = data.is_empty().then_some(&data[..0]);
+                // One sender, one snapshot: datagrams with the headers of the previous one skip
+                // the table lookups.
+                let mut memo = IngressMemo::default();
                 for datagram in empty.into_iter().chain(data.chunks(stride)) {
                     match coalescer.as_deref_mut() {
                         Some(coalescer) => {
                             if let IngressAction::Deliver { vni, frame } =
-                                router.ingress(&fib, meta.src.ip(), datagram)
+                                router.ingress_with(&fib, meta.src.ip(), datagram, &mut memo)
                             {
                                 if self.capture.is_active() {
                                     self.capture.mirror(vni, Direction::Ingress, frame);
@@ -509,7 +513,9 @@ impl Worker {
                                 coalescer.push(vni, frame, &mut emit);
                             }
                         }
-                        None => self.deliver(router, &fib, &taps, meta.src.ip(), datagram),
+                        None => {
+                            self.deliver(router, &fib, &taps, meta.src.ip(), datagram, &mut memo)
+                        }
                     }
                 }
             }
@@ -523,15 +529,17 @@ impl Worker {
         }
     }
 
-    fn deliver(
+    fn deliver<'a>(
         &self,
         router: &mut Router,
-        fib: &FibSnapshot,
+        fib: &'a FibSnapshot,
         taps: &TapTable,
         src: IpAddr,
-        datagram: &[u8],
+        datagram: &'a [u8],
+        memo: &mut IngressMemo<'a>,
     ) {
-        if let IngressAction::Deliver { vni, frame } = router.ingress(fib, src, datagram) {
+        if let IngressAction::Deliver { vni, frame } = router.ingress_with(fib, src, datagram, memo)
+        {
             if self.capture.is_active() {
                 self.capture.mirror(vni, Direction::Ingress, frame);
             }
