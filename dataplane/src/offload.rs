@@ -156,13 +156,57 @@ fn checksum_sum_lanes(data: &[u8]) -> u32 {
     let mut lanes = [0u64; 8];
     let mut chunks = data.chunks_exact(32);
     for chunk in &mut chunks {
-        for (lane, word) in lanes.iter_mut().zip(chunk.chunks_exact(4)) {
-            *lane += u64::from(u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
-        }
+        add_lanes(&mut lanes, chunk);
     }
+    finish_lanes(&lanes, chunks.remainder())
+}
+
+/// Copies `src` into `dst` (same length) and returns [`checksum_sum`]`(src)`, in one pass over
+/// the bytes: segmenting reads each payload byte once instead of twice.
+pub fn checksum_copy(src: &[u8], dst: &mut [u8]) -> u32 {
+    assert_eq!(src.len(), dst.len(), "checksum_copy: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: this CPU has AVX2 (detected just above), the only feature the function enables.
+        return unsafe { checksum_copy_avx2(src, dst) };
+    }
+    checksum_copy_lanes(src, dst)
+}
+
+/// [`checksum_copy_lanes`] compiled with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn checksum_copy_avx2(src: &[u8], dst: &mut [u8]) -> u32 {
+    checksum_copy_lanes(src, dst)
+}
+
+#[inline(always)]
+fn checksum_copy_lanes(src: &[u8], dst: &mut [u8]) -> u32 {
+    let mut lanes = [0u64; 8];
+    let mut chunks = src.chunks_exact(32);
+    let mut out = dst.chunks_exact_mut(32);
+    for (chunk, to) in (&mut chunks).zip(&mut out) {
+        to.copy_from_slice(chunk);
+        add_lanes(&mut lanes, chunk);
+    }
+    out.into_remainder().copy_from_slice(chunks.remainder());
+    finish_lanes(&lanes, chunks.remainder())
+}
+
+/// Adds the eight little-endian 32-bit words of a 32-byte chunk to the lanes.
+#[inline(always)]
+fn add_lanes(lanes: &mut [u64; 8], chunk: &[u8]) {
+    for (lane, word) in lanes.iter_mut().zip(chunk.chunks_exact(4)) {
+        *lane += u64::from(u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
+    }
+}
+
+/// Adds the lanes and the tail (< 32 bytes), folds, and swaps back to network order.
+#[inline(always)]
+fn finish_lanes(lanes: &[u64; 8], tail: &[u8]) -> u32 {
     // Each lane took at most len/32 words < 2^32: no lane, nor their sum, can overflow.
     let mut acc: u64 = lanes.iter().sum();
-    let mut words = chunks.remainder().chunks_exact(2);
+    let mut words = tail.chunks_exact(2);
     for w in &mut words {
         acc += u64::from(u16::from_le_bytes([w[0], w[1]]));
     }
@@ -176,13 +220,6 @@ fn checksum_sum_lanes(data: &[u8]) -> u32 {
     acc = (acc & 0xFFFF) + (acc >> 16);
     acc = (acc & 0xFFFF) + (acc >> 16);
     u32::from((acc as u16).swap_bytes())
-}
-
-/// Fills the TCP checksum of `segment` (TCP header + payload) given the pseudo-header sum.
-fn fill_tcp_checksum(segment: &mut [u8], pseudo: u32) {
-    TcpPacket::new_unchecked(&mut *segment).set_checksum(0);
-    let sum = checksum::combine(&[pseudo, checksum_sum(segment)]);
-    TcpPacket::new_unchecked(segment).set_checksum(checksum::fold(u32::from(sum)));
 }
 
 /// Whether the TCP checksum of `segment` (TCP header + payload) verifies.
@@ -399,7 +436,7 @@ pub fn segment_tcp(
         let start = i * stride + EGRESS_HEADROOM;
         let seg = &mut out.buf[start..start + hdr_len + chunk.len()];
         seg[..hdr_len].copy_from_slice(&frame[..hdr_len]);
-        seg[hdr_len..].copy_from_slice(chunk);
+        let payload_sum = checksum_copy(chunk, &mut seg[hdr_len..]);
         let ip_len = seg.len() - layout.l3;
         // The lengths fit 16 bits: they are at most the super-frame's own.
         if layout.v6 {
@@ -431,7 +468,13 @@ pub fn segment_tcp(
             }
             (None, None) => 0,
         };
-        fill_tcp_checksum(&mut seg[layout.l4..], pseudo);
+        // The TCP header is a whole number of 16-bit words, so the payload's sum adds on.
+        let mut tcp = TcpPacket::new_unchecked(&mut seg[layout.l4..]);
+        tcp.set_checksum(0);
+        let header_sum = checksum_sum(&seg[layout.l4..hdr_len]);
+        let sum = checksum::combine(&[pseudo, header_sum, payload_sum]);
+        TcpPacket::new_unchecked(&mut seg[layout.l4..])
+            .set_checksum(checksum::fold(u32::from(sum)));
     }
     out.stride = stride;
     out.count = count;
@@ -575,10 +618,19 @@ impl Slot {
             && same(l.l4 + 18..l.payload)
     }
 
-    fn append(&mut self, frame: &[u8], seg: &Candidate) {
+    /// Appends `seg` (which [`Slot::can_append`] accepted) if its TCP checksum verifies, which
+    /// is computed while its payload is copied in; otherwise leaves the slot as it was.
+    fn append_verified(&mut self, frame: &[u8], seg: &Candidate) -> bool {
         let l = self.layout;
         let payload = &frame[l.payload..seg.layout.end];
-        self.buf[self.len..self.len + payload.len()].copy_from_slice(payload);
+        // Copied past `len`: if the checksum fails, `len` does not move and the bytes are junk.
+        let payload_sum = checksum_copy(payload, &mut self.buf[self.len..self.len + payload.len()]);
+        // The TCP header is a whole number of 16-bit words, so the payload's sum adds on.
+        let header_sum = checksum_sum(&frame[l.l4..l.payload]);
+        let sum = checksum::combine(&[seg.pseudo_header(frame), header_sum, payload_sum]);
+        if checksum::fold(u32::from(sum)) != 0 {
+            return false;
+        }
         self.len += payload.len();
         self.segments += 1;
         self.next_seq = self.next_seq.wrapping_add(payload.len() as u32);
@@ -591,6 +643,7 @@ impl Slot {
         if payload.len() < self.gso_size {
             self.closed = true;
         }
+        true
     }
 
     /// Fixes the headers of a merged super-frame and describes it.
@@ -656,17 +709,22 @@ impl Candidate {
         })
     }
 
-    fn checksum_ok(&self, frame: &[u8]) -> bool {
+    /// The TCP pseudo-header sum of this segment.
+    fn pseudo_header(&self, frame: &[u8]) -> u32 {
         let l = &self.layout;
         let tcp_len = (l.end - l.l4) as u32;
-        let pseudo = if l.v6 {
+        if l.v6 {
             let (src, dst) = ipv6_addrs(frame, l);
             checksum::pseudo_header_v6(&src, &dst, ip_protocol::TCP, tcp_len)
         } else {
             let (src, dst) = ipv4_addrs(frame, l);
             checksum::pseudo_header_v4(src, dst, ip_protocol::TCP, tcp_len)
-        };
-        tcp_checksum_ok(&frame[l.l4..l.end], pseudo)
+        }
+    }
+
+    fn checksum_ok(&self, frame: &[u8]) -> bool {
+        let l = &self.layout;
+        tcp_checksum_ok(&frame[l.l4..l.end], self.pseudo_header(frame))
     }
 }
 
@@ -726,6 +784,22 @@ impl Coalescer {
         };
         let key = FlowKey::of(tag, frame, &seg.layout);
         let slot = self.slots.iter().position(|s| s.active && s.key == key);
+        // The common case, a flow's next segment: verified while it is copied in.
+        if let Some(i) = slot
+            && seg.mergeable
+            && self.slots[i].can_append(frame, &seg)
+        {
+            if self.slots[i].append_verified(frame, &seg) {
+                if self.slots[i].closed {
+                    self.flush_slot(i, emit);
+                }
+            } else {
+                self.stats.bad_checksum += 1;
+                self.flush_slot(i, emit);
+                self.emit_alone(tag, frame, 0, emit);
+            }
+            return;
+        }
         if !seg.mergeable || !seg.checksum_ok(frame) {
             if seg.mergeable {
                 self.stats.bad_checksum += 1;
@@ -737,13 +811,6 @@ impl Coalescer {
             return;
         }
         if let Some(i) = slot {
-            if self.slots[i].can_append(frame, &seg) {
-                self.slots[i].append(frame, &seg);
-                if self.slots[i].closed {
-                    self.flush_slot(i, emit);
-                }
-                return;
-            }
             self.flush_slot(i, emit);
         }
         if seg.psh {
@@ -1098,6 +1165,25 @@ mod tests {
         }
         // At the usual overlay MTU, still 43-44 segments: the cap costs almost nothing.
         assert!(container_gso_max_size(1450) / 1398 >= 43);
+    }
+
+    #[test]
+    fn checksum_copy_copies_and_sums_like_checksum_sum() {
+        let data: Vec<u8> = (0..3_000u32)
+            .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+            .collect();
+        for len in [0, 1, 2, 31, 32, 33, 64, 1397, 1398, 3_000] {
+            let mut dst = vec![0xAAu8; len];
+            let sum = checksum_copy(&data[..len], &mut dst);
+            assert_eq!(dst, &data[..len], "len {len}");
+            assert_eq!(sum, checksum_sum(&data[..len]), "len {len}");
+            let mut dst = vec![0u8; len];
+            assert_eq!(
+                checksum_copy_lanes(&data[..len], &mut dst),
+                sum,
+                "portable, len {len}"
+            );
+        }
     }
 
     #[test]

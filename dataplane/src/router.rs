@@ -332,8 +332,8 @@ impl Router {
         datagram: &'a [u8],
         memo: &mut IngressMemo<'a>,
     ) -> IngressAction<'a> {
-        let repeat = match (memo.table, datagram.get(..INGRESS_MEMO_LEN)) {
-            (Some(table), Some(header)) if header == memo.header => Some(table),
+        let repeat = match (memo.table, datagram.first_chunk::<INGRESS_MEMO_LEN>()) {
+            (Some(table), Some(header)) if *header == memo.header => Some(table),
             _ => None,
         };
         let decision = match repeat {
