@@ -222,6 +222,13 @@ fn finish_lanes(lanes: &[u64; 8], tail: &[u8]) -> u32 {
     u32::from((acc as u16).swap_bytes())
 }
 
+/// The folded (not inverted) sum of a TCP segment from its pseudo-header sum, its header bytes
+/// and the sum of its payload (from [`checksum_copy`]). The TCP header is a whole number of
+/// 16-bit words, so the payload's sum simply adds on.
+fn tcp_sum_with_payload(pseudo: u32, tcp_header: &[u8], payload_sum: u32) -> u16 {
+    checksum::combine(&[pseudo, checksum_sum(tcp_header), payload_sum])
+}
+
 /// Whether the TCP checksum of `segment` (TCP header + payload) verifies.
 fn tcp_checksum_ok(segment: &[u8], pseudo: u32) -> bool {
     checksum::fold(u32::from(checksum::combine(&[
@@ -458,6 +465,7 @@ pub fn segment_tcp(
         let mut tcp = TcpPacket::new_unchecked(&mut seg[layout.l4..]);
         tcp.set_seq_number(seq0.wrapping_add((i * mss) as u32));
         tcp.set_flags(flags);
+        tcp.set_checksum(0);
         let tcp_len = (seg.len() - layout.l4) as u32;
         let pseudo = match (addrs4, addrs6) {
             (Some((src, dst)), _) => {
@@ -468,11 +476,7 @@ pub fn segment_tcp(
             }
             (None, None) => 0,
         };
-        // The TCP header is a whole number of 16-bit words, so the payload's sum adds on.
-        let mut tcp = TcpPacket::new_unchecked(&mut seg[layout.l4..]);
-        tcp.set_checksum(0);
-        let header_sum = checksum_sum(&seg[layout.l4..hdr_len]);
-        let sum = checksum::combine(&[pseudo, header_sum, payload_sum]);
+        let sum = tcp_sum_with_payload(pseudo, &seg[layout.l4..hdr_len], payload_sum);
         TcpPacket::new_unchecked(&mut seg[layout.l4..])
             .set_checksum(checksum::fold(u32::from(sum)));
     }
@@ -625,9 +629,11 @@ impl Slot {
         let payload = &frame[l.payload..seg.layout.end];
         // Copied past `len`: if the checksum fails, `len` does not move and the bytes are junk.
         let payload_sum = checksum_copy(payload, &mut self.buf[self.len..self.len + payload.len()]);
-        // The TCP header is a whole number of 16-bit words, so the payload's sum adds on.
-        let header_sum = checksum_sum(&frame[l.l4..l.payload]);
-        let sum = checksum::combine(&[seg.pseudo_header(frame), header_sum, payload_sum]);
+        let sum = tcp_sum_with_payload(
+            seg.pseudo_header(frame),
+            &frame[l.l4..l.payload],
+            payload_sum,
+        );
         if checksum::fold(u32::from(sum)) != 0 {
             return false;
         }

@@ -697,6 +697,51 @@ fn iperf(topo: &Topo, streams: u32, secs: u32) -> Result<BTreeMap<&'static str, 
     bail!("iperf3 {} -P {streams}: {last_err}", topo.kind.name())
 }
 
+/// A hidden subcommand of this binary (`me`) serving in namespace `ns`, started once it printed
+/// `ready`; its later stdout lines come from the returned reader.
+fn spawn_ready(
+    ns: &str,
+    me: &Path,
+    args: &[&str],
+) -> Result<(Proc, std::io::Lines<BufReader<std::process::ChildStdout>>)> {
+    let mut server = Proc::spawn(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(me)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    )?;
+    let mut lines = BufReader::new(server.child().stdout.take().context("stdout")?).lines();
+    let ready = lines.next().transpose()?.unwrap_or_default();
+    if ready.trim() != "ready" {
+        bail!(
+            "{} did not start: {ready}",
+            args.first().unwrap_or(&"server")
+        );
+    }
+    Ok((server, lines))
+}
+
+/// Runs a hidden subcommand of this binary (`me`) in namespace `ns` to completion.
+fn run_in(ns: &str, me: &Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(me)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+/// The first `N` whitespace-separated numbers of a subcommand's output line (NaN where missing).
+fn numbers<const N: usize>(text: &str) -> [f64; N] {
+    let mut v = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(f64::NAN));
+    std::array::from_fn(|_| v.next().unwrap_or(f64::NAN))
+}
+
 fn udp_rate(
     topo: &Topo,
     me: &Path,
@@ -704,33 +749,24 @@ fn udp_rate(
     window: f64,
     threads: usize,
 ) -> Result<BTreeMap<&'static str, f64>> {
-    let mut sink = Proc::spawn(
-        Command::new("ip")
-            .args(["netns", "exec", &topo.containers[1]])
-            .arg(me)
-            .args([
-                "__udp-sink",
-                &UDP_PORT.to_string(),
-                &warmup.to_string(),
-                &window.to_string(),
-                "1",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit()),
+    let (mut sink, mut lines) = spawn_ready(
+        &topo.containers[1],
+        me,
+        &[
+            "__udp-sink",
+            &UDP_PORT.to_string(),
+            &warmup.to_string(),
+            &window.to_string(),
+            "1",
+        ],
     )?;
-    let mut lines = BufReader::new(sink.child().stdout.take().context("sink stdout")?).lines();
-    let ready = lines.next().transpose()?.unwrap_or_default();
-    if ready.trim() != "ready" {
-        bail!("udp sink did not start: {ready}");
-    }
     // The blaster starts a little after the sink's clock (first packet): count its sends over
     // the same offsets, which lines the two windows up to within a few milliseconds.
     let blast_secs = warmup + window + 0.5;
-    let out = Command::new("ip")
-        .args(["netns", "exec", &topo.containers[0]])
-        .arg(me)
-        .args([
+    let out = run_in(
+        &topo.containers[0],
+        me,
+        &[
             "__udp-blast",
             &format!("{}:{UDP_PORT}", topo.dst),
             &blast_secs.to_string(),
@@ -738,21 +774,13 @@ fn udp_rate(
             &UDP_PAYLOAD.to_string(),
             &warmup.to_string(),
             &window.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .output()?;
-    let blast = String::from_utf8_lossy(&out.stdout);
-    let mut b = blast
-        .split_whitespace()
-        .map(|x| x.parse::<f64>().unwrap_or(f64::NAN));
-    let mut next = || b.next().unwrap_or(f64::NAN);
-    let (sent, sent_secs, sent_in_window, sent_window) = (next(), next(), next(), next());
+        ],
+    )?;
+    let [sent, sent_secs, sent_in_window, sent_window] =
+        numbers(&String::from_utf8_lossy(&out.stdout));
     let got = lines.next().transpose()?.unwrap_or_default();
     let _ = sink.child().wait();
-    let mut g = got
-        .split_whitespace()
-        .map(|x| x.parse::<f64>().unwrap_or(f64::NAN));
-    let (received, secs) = (g.next().unwrap_or(f64::NAN), g.next().unwrap_or(f64::NAN));
+    let [received, secs] = numbers(&got);
     Ok(BTreeMap::from([
         ("udp64_delivered_kpps", received / secs / 1e3),
         ("udp64_offered_kpps", sent_in_window / sent_window / 1e3),
@@ -768,31 +796,20 @@ fn udp_rate(
 /// pause between probes, this keeps the path busy, so it measures the path rather than how fast
 /// idle CPUs wake up.
 fn tcp_rr(topo: &Topo, me: &Path, secs: f64) -> Result<BTreeMap<&'static str, f64>> {
-    let mut server = Proc::spawn(
-        Command::new("ip")
-            .args(["netns", "exec", &topo.containers[1]])
-            .arg(me)
-            .args(["__rr-server", &RR_PORT.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit()),
+    let (mut server, _lines) = spawn_ready(
+        &topo.containers[1],
+        me,
+        &["__rr-server", &RR_PORT.to_string()],
     )?;
-    let mut lines =
-        BufReader::new(server.child().stdout.take().context("rr server stdout")?).lines();
-    let ready = lines.next().transpose()?.unwrap_or_default();
-    if ready.trim() != "ready" {
-        bail!("rr server did not start: {ready}");
-    }
-    let out = Command::new("ip")
-        .args(["netns", "exec", &topo.containers[0]])
-        .arg(me)
-        .args([
+    let out = run_in(
+        &topo.containers[0],
+        me,
+        &[
             "__rr-client",
             &format!("{}:{RR_PORT}", topo.dst),
             &secs.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .output()?;
+        ],
+    )?;
     let _ = server.child().wait();
     if !out.status.success() {
         bail!(
@@ -801,12 +818,7 @@ fn tcp_rr(topo: &Topo, me: &Path, secs: f64) -> Result<BTreeMap<&'static str, f6
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut v = text
-        .split_whitespace()
-        .map(|x| x.parse::<f64>().unwrap_or(f64::NAN));
-    let mut next = || v.next().unwrap_or(f64::NAN);
-    let (count, elapsed, p50, p99, min) = (next(), next(), next(), next(), next());
+    let [count, elapsed, p50, p99, min] = numbers(&String::from_utf8_lossy(&out.stdout));
     Ok(BTreeMap::from([
         ("rr_p50_us", p50),
         ("rr_p99_us", p99),

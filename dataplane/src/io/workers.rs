@@ -768,7 +768,7 @@ impl Worker {
     /// Sends every segment to `vtep` with UDP GSO (one system call per 64 segments / 64 KiB);
     /// counts the segments the kernel did not take.
     fn send_segments(&self, segments: &SegmentBatch, vtep: IpAddr, flow_hash: u32) {
-        let key = (vtep, self.pool.index_for(u64::from(flow_hash)));
+        let key = self.tx_key(vtep, flow_hash);
         self.send_run(GsoRun {
             key: &key,
             bytes: segments.as_bytes(),
@@ -779,8 +779,14 @@ impl Worker {
 
     /// Queues one routed datagram for `vtep`; it leaves with the next flush of `pending`.
     fn queue(&self, pending: &mut GsoBatcher<TxKey>, packet: &[u8], vtep: IpAddr, flow_hash: u32) {
-        let key = (vtep, self.pool.index_for(u64::from(flow_hash)));
-        pending.push(key, packet, &mut |run| self.send_run(run));
+        pending.push(self.tx_key(vtep, flow_hash), packet, &mut |run| {
+            self.send_run(run)
+        });
+    }
+
+    /// Where a flow's datagrams for `vtep` leave: the VTEP and the flow's send socket.
+    fn tx_key(&self, vtep: IpAddr, flow_hash: u32) -> TxKey {
+        (vtep, self.pool.index_for(u64::from(flow_hash)))
     }
 
     /// Sends every queued datagram.
