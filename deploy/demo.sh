@@ -144,12 +144,18 @@ up() {
 
   echo; echo "== iperf3: ${containers[0]#$PREFIX-} (h1) -> ${containers[2]#$PREFIX-} (h2), frontend, 3 s"
   ip netns exec "${containers[2]}" iperf3 -s -1 -p 5201 --logfile "$RUN/iperf3-server.log" -D
-  sleep 0.5
-  if ip netns exec "${containers[0]}" iperf3 -c "${ips[2]}" -p 5201 -t 3 -f g >"$RUN/iperf3.log" 2>&1; then
-    grep -E "receiver" "$RUN/iperf3.log" | awk '{print "throughput: " $(NF-2) " " $(NF-1)}'
-  else
-    echo "iperf3 failed (see $RUN/iperf3.log)"
-  fi
+  # The daemonized server may not listen yet: a refused connect leaves it waiting, so retry.
+  local measured=""
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    sleep 0.3
+    if ip netns exec "${containers[0]}" iperf3 -c "${ips[2]}" -p 5201 -t 3 -f g >"$RUN/iperf3.log" 2>&1 \
+      && grep -q "receiver" "$RUN/iperf3.log"; then
+      measured=1
+      grep -E "receiver" "$RUN/iperf3.log" | awk '{print "throughput: " $(NF-2) " " $(NF-1)}'
+      break
+    fi
+  done
+  [ -n "$measured" ] || echo "iperf3 failed (see $RUN/iperf3.log)"
 
   echo; echo "== vxnet stats (h1)"; vx 1 stats | grep -vE ' 0$' || true
 

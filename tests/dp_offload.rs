@@ -91,27 +91,43 @@ fn have_iperf3() -> bool {
 }
 
 /// iperf3 single stream from `from` to `to_ip` (server in `to`) for `secs`; Gbit/s received.
+///
+/// The server stays up across attempts (no `-1`): a client that raced the server's listen, or a
+/// run iperf3 aborted (3.12 can exit 0 with an `"error"` and no `end` totals), is retried, and the
+/// last output is shown if none succeeds.
 fn iperf3(cluster: &Cluster, from: &str, to: &str, to_ip: &str, secs: u32) -> f64 {
     let mut server = Command::new("ip")
-        .args(["netns", "exec", to, "iperf3", "-s", "-1", "-p", "5201"])
+        .args(["netns", "exec", to, "iperf3", "-s", "-p", "5201"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn iperf3 server");
-    let out = wait_for("iperf3 client", Duration::from_secs(10), || {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    let gbps = loop {
         let out = cluster.exec(
             from,
             &format!("iperf3 -c {to_ip} -p 5201 -t {secs} -J --connect-timeout 1000"),
         );
-        out.status.success().then_some(out)
-    });
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            break Some(bps / 1e9);
+        }
+        last = format!(
+            "exit {:?}: {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("dp_offload: iperf3 attempt failed, {last}");
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let _ = server.kill();
     let _ = server.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bits_per_second")
-        / 1e9
+    gbps.unwrap_or_else(|| panic!("iperf3 {from} → {to_ip} never completed; last: {last}"))
 }
 
 /// Offload on (the default): a 256 MiB TCP stream each way, sha256 equal on both ends; the TAPs
