@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vxnet_dataplane::offload::{
-    CoalescedFrame, Coalescer, SegmentBatch, checksum_sum, segment_tcp,
+    CoalescedFrame, Coalescer, Origin, SegmentBatch, checksum_sum, segment_tcp,
 };
 use vxnet_dataplane::wire::checksum;
 use vxnet_dataplane::wire::virtio_net_hdr::{flags, gso_type};
@@ -80,14 +80,20 @@ fn offload(c: &mut Criterion) {
     });
 
     segment_tcp(&vnet, &sf, &mut batch).unwrap();
-    let segments: Vec<Vec<u8>> = (0..batch.len()).map(|i| batch.frame(i).to_vec()).collect();
+    let segments: Vec<Vec<u8>> = (0..batch.len())
+        .map(|i| batch.frame_parts(&sf, i).concat())
+        .collect();
     let mut coalescer = Coalescer::default();
     group.bench_function("coalesce_45_segments", |b| {
         b.iter(|| {
             let mut out = 0usize;
-            let mut emit = |f: CoalescedFrame<'_>| out += f.frame.len();
-            for s in &segments {
-                coalescer.push(4096, black_box(s), &mut emit);
+            let mut emit = |f: CoalescedFrame<'_>| out += f.len();
+            for (i, s) in segments.iter().enumerate() {
+                let at = Origin {
+                    buf: i as u32,
+                    offset: 0,
+                };
+                coalescer.push(4096, black_box(s), at, &mut emit);
             }
             coalescer.flush(&mut emit);
             assert_eq!(out, sf.len());

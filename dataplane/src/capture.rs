@@ -133,6 +133,12 @@ impl CaptureHub {
 
     /// Mirrors `frame` to the captures of network `vni` (call only when [`Self::is_active`]).
     pub fn mirror(&self, vni: Vni, direction: Direction, frame: &[u8]) {
+        self.mirror_parts(vni, direction, &[frame]);
+    }
+
+    /// [`CaptureHub::mirror`] for a frame held in pieces (a segment's headers and payload):
+    /// the copy handed to each sink is the pieces back to back.
+    pub fn mirror_parts(&self, vni: Vni, direction: Direction, parts: &[&[u8]]) {
         let sinks = self.sinks.load();
         let Some(list) = sinks.get(&vni) else { return };
         let timestamp = SystemTime::now()
@@ -142,7 +148,7 @@ impl CaptureHub {
             let copy = CapturedFrame {
                 timestamp,
                 direction,
-                frame: frame.to_vec(),
+                frame: parts.concat(),
             };
             if let Err(TrySendError::Full(_)) = sink.queue.try_send(copy) {
                 sink.dropped.fetch_add(1, Ordering::Relaxed);

@@ -7,17 +7,19 @@
 //! ordinary MTU-sized frames, so:
 //!
 //! - **egress** ([`segment_tcp`]): a super-frame read from the TAP is cut into MSS-sized inner
-//!   frames laid out at a fixed stride in a [`SegmentBatch`], each behind [`EGRESS_HEADROOM`]
-//!   bytes for the VXLAN header, so that the whole batch leaves in one UDP GSO send
-//!   (`UDP_SEGMENT` = stride). Every segment gets its own IPv4 total length, ident and header
-//!   checksum (or IPv6 payload length), TCP sequence number, flags and full TCP checksum.
+//!   frames described by a [`SegmentBatch`]: each segment's headers behind [`EGRESS_HEADROOM`]
+//!   bytes for the VXLAN header, and its payload as a slice of the super-frame, so that the whole
+//!   batch leaves in one gathered UDP GSO send (`UDP_SEGMENT` = stride) without copying the
+//!   payload. Every segment gets its own IPv4 total length, ident and header checksum (or IPv6
+//!   payload length), TCP sequence number, flags and full TCP checksum.
 //!   Frames without GSO but with a partial checksum get it completed by [`complete_checksum`].
 //! - **ingress** ([`Coalescer`]): inner frames decapsulated from one receive batch are merged per
 //!   TCP flow back into super-frames (the reverse of the above, like the kernel's GRO) and
 //!   written to the TAP with `gso_type` TCPV4/TCPV6 and `NEEDS_CSUM`. A segment is only merged
 //!   after vxnet verified its TCP checksum itself: the outer UDP checksum of VXLAN is often zero
 //!   and proves nothing (flannel #1279), and once merged the kernel no longer checks the
-//!   segments. Everything else is passed through unchanged, one frame per write.
+//!   segments. Merged payloads stay where they were received (the frame handed back lists
+//!   them as [`Span`]s). Everything else is passed through unchanged, one frame per write.
 //!
 //! The `hdr_len` the kernel reports is not trusted (on a TAP it is the skb's linear length, which
 //! may include payload): header lengths are always parsed from the frame itself.
@@ -61,8 +63,8 @@ pub enum OffloadError {
     /// `csum_start`/`csum_offset` point outside the frame, or not at the TCP checksum.
     #[error("checksum offsets outside the frame or not at the TCP checksum")]
     BadChecksumOffsets,
-    /// The segments do not fit in the [`SegmentBatch`] (a tiny `gso_size`).
-    #[error("segment batch too small")]
+    /// More than [`MAX_SEGMENTS`] segments (a `gso_size` below the kernel's smallest MSS).
+    #[error("too many segments")]
     NoRoom,
 }
 
@@ -281,42 +283,43 @@ pub fn complete_checksum(vnet: &VirtioNetHdrRepr, frame: &mut [u8]) -> Result<()
     Ok(())
 }
 
-/// MSS-sized inner frames at a fixed stride, ready for one UDP GSO send.
+/// The MSS-sized inner frames of one super-frame, described for one UDP GSO send without
+/// copying the payload.
 ///
-/// Segment `i` starts at `i * stride()`: [`EGRESS_HEADROOM`] bytes for the VXLAN header, then the
-/// inner Ethernet frame. Every segment has the same length (`stride`) except the last, which may
-/// be shorter, so [`SegmentBatch::as_bytes`] is exactly the buffer to send with
-/// `UDP_SEGMENT = stride()`. The buffer is allocated once; [`segment_tcp`] refills it.
-#[derive(Debug, Clone)]
+/// Segment `i` is two pieces, [`SegmentBatch::segment`]: `EGRESS_HEADROOM` bytes for the VXLAN
+/// header plus its own Ethernet/IP/TCP headers (held here), then its payload, a slice of the
+/// super-frame itself. Every segment has the same length ([`SegmentBatch::stride`]) except the
+/// last, which may be shorter, so the pieces in order are exactly the bytes of one send with
+/// `UDP_SEGMENT = stride()`: the kernel copies the payload straight from the TAP read buffer.
+///
+/// The first segment is the exception: it is whole and contiguous here (its payload copied,
+/// one MSS per super-frame), because the router decides for it in place, writing the VXLAN header
+/// in front of it or an ICMP answer after it. Buffers grow to the largest super-frame seen and
+/// are then reused; [`segment_tcp`] refills them.
+#[derive(Debug, Clone, Default)]
 pub struct SegmentBatch {
-    buf: Vec<u8>,
+    /// Segment 0: headroom, frame, then [`EGRESS_TAILROOM`].
+    first: Vec<u8>,
+    /// Segments 1..: headroom + headers each, `head_len` bytes apart.
+    heads: Vec<u8>,
+    head_len: usize,
+    /// Offset of the payload in the super-frame (= its headers' length).
+    hdr_len: usize,
+    mss: usize,
+    /// End of the super-frame's IP packet (its payload's end).
+    payload_end: usize,
+    first_len: usize,
     stride: usize,
     count: usize,
-    total: usize,
     frames_len: usize,
 }
 
 impl SegmentBatch {
-    /// A capacity that holds any super-frame the kernel sends with an MSS of at least 48 bytes
-    /// (`net.ipv4.tcp_min_snd_mss`): 64 KiB of payload + 1,366 copies of the headers.
-    pub const DEFAULT_CAPACITY: usize = 512 << 10;
-
-    /// A batch of `capacity` bytes (at least enough for one segment plus the router's tailroom).
-    pub fn with_capacity(capacity: usize) -> SegmentBatch {
-        SegmentBatch {
-            buf: vec![0; capacity.max(EGRESS_HEADROOM + 1536 + EGRESS_TAILROOM)],
-            stride: 0,
-            count: 0,
-            total: 0,
-            frames_len: 0,
-        }
-    }
-
-    /// Forgets the segments (keeps the buffer).
+    /// Forgets the segments (keeps the buffers).
     pub fn clear(&mut self) {
         self.stride = 0;
         self.count = 0;
-        self.total = 0;
+        self.first_len = 0;
         self.frames_len = 0;
     }
 
@@ -330,28 +333,40 @@ impl SegmentBatch {
         self.count == 0
     }
 
-    /// Distance between segment starts: headroom + headers + MSS (the GSO segment size).
+    /// Length of every segment but the last: headroom + headers + MSS (the GSO segment size).
     pub fn stride(&self) -> usize {
         self.stride
     }
 
-    /// All segments, each behind its headroom: the payload of one UDP GSO send.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.total]
+    /// Segment `i` with its headroom, in two pieces (the second may be empty): together, one
+    /// datagram of the GSO send. `frame` must be the super-frame given to [`segment_tcp`], unchanged;
+    /// out of range (or another frame) gives empty pieces, never a panic.
+    pub fn segment<'a>(&'a self, frame: &'a [u8], i: usize) -> [&'a [u8]; 2] {
+        if i >= self.count {
+            return [&[], &[]];
+        }
+        if i == 0 {
+            return [&self.first[..EGRESS_HEADROOM + self.first_len], &[]];
+        }
+        let head = self
+            .heads
+            .get((i - 1) * self.head_len..i * self.head_len)
+            .unwrap_or_default();
+        let from = self.hdr_len + i * self.mss;
+        let to = (from + self.mss).min(self.payload_end);
+        [head, frame.get(from..to).unwrap_or_default()]
     }
 
-    /// The inner frame of segment `i` (without headroom); empty if `i` is out of range.
-    pub fn frame(&self, i: usize) -> &[u8] {
-        if i >= self.count {
-            return &[];
-        }
-        let start = i * self.stride;
-        let end = if i + 1 == self.count {
-            self.total
-        } else {
-            start + self.stride
-        };
-        &self.buf[start + EGRESS_HEADROOM..end]
+    /// The inner frame of segment `i` (without headroom), in two pieces; see
+    /// [`SegmentBatch::segment`].
+    pub fn frame_parts<'a>(&'a self, frame: &'a [u8], i: usize) -> [&'a [u8]; 2] {
+        let [head, payload] = self.segment(frame, i);
+        [head.get(EGRESS_HEADROOM..).unwrap_or_default(), payload]
+    }
+
+    /// Length of the first segment's inner frame.
+    pub fn first_len(&self) -> usize {
+        self.first_len
     }
 
     /// Sum of the inner frames' lengths (for byte counters).
@@ -359,34 +374,27 @@ impl SegmentBatch {
         self.frames_len
     }
 
-    /// The whole buffer, to route the first segment in place: its frame is at
-    /// `[EGRESS_HEADROOM..EGRESS_HEADROOM + frame(0).len()]`, and at least [`EGRESS_TAILROOM`]
-    /// bytes follow the last segment. Writing beyond the first segment's frame (a locally built
-    /// answer) spoils the other segments.
-    pub fn buffer_mut(&mut self) -> &mut [u8] {
-        &mut self.buf
+    /// The first segment's buffer, to route it in place: its frame is at
+    /// `[EGRESS_HEADROOM..EGRESS_HEADROOM + first_len()]`, followed by at least
+    /// [`EGRESS_TAILROOM`] bytes.
+    pub fn first_mut(&mut self) -> &mut [u8] {
+        &mut self.first
     }
 
     /// Copies the first segment's headroom (the VXLAN header the router wrote) in front of every
     /// other segment.
     pub fn replicate_headroom(&mut self) {
         let mut head = [0u8; EGRESS_HEADROOM];
-        head.copy_from_slice(&self.buf[..EGRESS_HEADROOM]);
-        for i in 1..self.count {
-            let at = i * self.stride;
-            self.buf[at..at + EGRESS_HEADROOM].copy_from_slice(&head);
+        head.copy_from_slice(&self.first[..EGRESS_HEADROOM]);
+        let used = (self.count.saturating_sub(1) * self.head_len).min(self.heads.len());
+        for chunk in self.heads[..used].chunks_exact_mut(self.head_len.max(1)) {
+            chunk[..EGRESS_HEADROOM].copy_from_slice(&head);
         }
     }
 }
 
-impl Default for SegmentBatch {
-    fn default() -> Self {
-        Self::with_capacity(Self::DEFAULT_CAPACITY)
-    }
-}
-
 /// Splits a TCP super-frame (`gso_type` TCPV4 or TCPV6, with or without the ECN bit) read from a
-/// TAP into `gso_size`-payload inner frames in `out` (see [`SegmentBatch`]).
+/// TAP into `gso_size`-payload inner frames described by `out` (see [`SegmentBatch`]).
 ///
 /// Per segment: IPv4 total length, ident (first + i) and header checksum, or IPv6 payload
 /// length; TCP sequence number (first + offset); FIN and PSH only on the last segment, CWR only
@@ -394,6 +402,7 @@ impl Default for SegmentBatch {
 /// scratch (with `NEEDS_CSUM` the super-frame's field holds only a pseudo-header sum). Header
 /// lengths come from the frame, never from `hdr_len`. With `NEEDS_CSUM`, `csum_start` must point
 /// at the TCP header and `csum_offset` be 16. A frame whose payload fits one segment gives one.
+/// The payload is read once (to sum it), and copied only for the first segment.
 pub fn segment_tcp(
     vnet: &VirtioNetHdrRepr,
     frame: &[u8],
@@ -421,12 +430,16 @@ pub fn segment_tcp(
     let hdr_len = layout.payload;
     let payload = &frame[hdr_len..layout.end];
     let count = payload.len().div_ceil(mss).max(1);
-    let stride = EGRESS_HEADROOM + hdr_len + mss;
-    let last_payload = payload.len() - (count - 1) * mss;
-    let total = (count - 1) * stride + EGRESS_HEADROOM + hdr_len + last_payload;
-    if total + EGRESS_TAILROOM > out.buf.len() {
+    if count > MAX_SEGMENTS {
         return Err(OffloadError::NoRoom);
     }
+    let head_len = EGRESS_HEADROOM + hdr_len;
+    let first_len = hdr_len + payload.len().min(mss);
+    grow(
+        &mut out.first,
+        EGRESS_HEADROOM + first_len + EGRESS_TAILROOM,
+    );
+    grow(&mut out.heads, (count - 1) * head_len);
 
     let tcp = TcpPacket::new_unchecked(&frame[layout.l4..layout.end]);
     let (seq0, flags0) = (tcp.seq_number(), tcp.flags());
@@ -440,17 +453,23 @@ pub fn segment_tcp(
 
     for i in 0..count {
         let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
-        let start = i * stride + EGRESS_HEADROOM;
-        let seg = &mut out.buf[start..start + hdr_len + chunk.len()];
-        seg[..hdr_len].copy_from_slice(&frame[..hdr_len]);
-        let payload_sum = checksum_copy(chunk, &mut seg[hdr_len..]);
-        let ip_len = seg.len() - layout.l3;
+        // The headers go to `first` (with the payload copied after them) or to their own slot.
+        let (headers, payload_sum) = if i == 0 {
+            let seg = &mut out.first[EGRESS_HEADROOM..EGRESS_HEADROOM + first_len];
+            let sum = checksum_copy(chunk, &mut seg[hdr_len..]);
+            (&mut seg[..hdr_len], sum)
+        } else {
+            let at = (i - 1) * head_len + EGRESS_HEADROOM;
+            (&mut out.heads[at..at + hdr_len], checksum_sum(chunk))
+        };
+        headers.copy_from_slice(&frame[..hdr_len]);
+        let ip_len = hdr_len + chunk.len() - layout.l3;
         // The lengths fit 16 bits: they are at most the super-frame's own.
         if layout.v6 {
-            Ipv6Packet::new_unchecked(&mut seg[layout.l3..])
+            Ipv6Packet::new_unchecked(&mut headers[layout.l3..])
                 .set_payload_len((ip_len - IPV6_HEADER_LEN) as u16);
         } else {
-            let mut ip = Ipv4Packet::new_unchecked(&mut seg[layout.l3..]);
+            let mut ip = Ipv4Packet::new_unchecked(&mut headers[layout.l3..]);
             ip.set_total_len(ip_len as u16);
             ip.set_ident(ident0.wrapping_add(i as u16));
             ip.fill_checksum();
@@ -462,11 +481,11 @@ pub fn segment_tcp(
         if i != 0 {
             flags &= !tcp_flags::CWR;
         }
-        let mut tcp = TcpPacket::new_unchecked(&mut seg[layout.l4..]);
+        let mut tcp = TcpPacket::new_unchecked(&mut headers[layout.l4..]);
         tcp.set_seq_number(seq0.wrapping_add((i * mss) as u32));
         tcp.set_flags(flags);
         tcp.set_checksum(0);
-        let tcp_len = (seg.len() - layout.l4) as u32;
+        let tcp_len = (hdr_len + chunk.len() - layout.l4) as u32;
         let pseudo = match (addrs4, addrs6) {
             (Some((src, dst)), _) => {
                 checksum::pseudo_header_v4(src, dst, ip_protocol::TCP, tcp_len)
@@ -476,28 +495,101 @@ pub fn segment_tcp(
             }
             (None, None) => 0,
         };
-        let sum = tcp_sum_with_payload(pseudo, &seg[layout.l4..hdr_len], payload_sum);
-        TcpPacket::new_unchecked(&mut seg[layout.l4..])
+        let sum = tcp_sum_with_payload(pseudo, &headers[layout.l4..], payload_sum);
+        TcpPacket::new_unchecked(&mut headers[layout.l4..])
             .set_checksum(checksum::fold(u32::from(sum)));
     }
-    out.stride = stride;
+    out.head_len = head_len;
+    out.hdr_len = hdr_len;
+    out.mss = mss;
+    out.payload_end = layout.end;
+    out.first_len = first_len;
+    out.stride = head_len + mss;
     out.count = count;
-    out.total = total;
-    out.frames_len = total - count * EGRESS_HEADROOM;
+    out.frames_len = count * hdr_len + payload.len();
     Ok(())
 }
 
-/// One frame the [`Coalescer`] hands back for writing to a TAP: `vnet` goes in front of `frame`.
+/// Most segments [`segment_tcp`] makes of one super-frame: 64 KiB at the smallest MSS the kernel
+/// sends (`net.ipv4.tcp_min_snd_mss`, 48 bytes).
+pub const MAX_SEGMENTS: usize = (64 << 10) / 48 + 1;
+
+/// Makes `buf` at least `len` bytes long (it only ever grows: no allocation once warmed up).
+fn grow(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+}
+
+/// Where a frame given to [`Coalescer::push`] lies in the caller's receive buffers: buffer
+/// `buf`, from byte `offset`. The coalescer keeps merged payloads as [`Span`]s into those buffers
+/// instead of copying them, so the caller must keep the buffers unchanged until it has called
+/// [`Coalescer::flush`] (the end of each receive batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// Index of the receive buffer.
+    pub buf: u32,
+    /// Offset of the frame's first byte in it.
+    pub offset: u32,
+}
+
+/// A run of payload bytes in the caller's receive buffers (see [`Origin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    /// Index of the receive buffer.
+    pub buf: u32,
+    /// First byte.
+    pub start: u32,
+    /// Length.
+    pub len: u32,
+}
+
+impl Span {
+    /// The bytes of this span in `bufs` (empty if it does not fit, which a caller that kept its
+    /// buffers as [`Origin`] asks never sees).
+    pub fn resolve<'b, B: AsRef<[u8]>>(&self, bufs: &'b [B]) -> &'b [u8] {
+        let (start, len) = (self.start as usize, self.len as usize);
+        bufs.get(self.buf as usize)
+            .and_then(|b| b.as_ref().get(start..start + len))
+            .unwrap_or_default()
+    }
+}
+
+/// One frame the [`Coalescer`] hands back for writing to a TAP: `vnet`, then `head`, then the
+/// bytes of each span of `tail` in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoalescedFrame<'a> {
     /// The tag given to [`Coalescer::push`] (the network's VNI).
     pub tag: Vni,
     /// The `virtio_net_hdr` to write with the frame.
     pub vnet: VirtioNetHdrRepr,
-    /// The frame (a super-frame when `vnet.gso_type` is not NONE).
-    pub frame: &'a [u8],
+    /// The headers and the first segment's payload (the whole frame when `tail` is empty).
+    pub head: &'a [u8],
+    /// The payloads of the segments merged after the first, in the caller's receive buffers.
+    pub tail: &'a [Span],
     /// How many received frames it stands for.
     pub segments: usize,
+}
+
+impl CoalescedFrame<'_> {
+    /// The frame's length.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.iter().map(|s| s.len as usize).sum::<usize>()
+    }
+
+    /// Never empty in practice; for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole frame, copied (tests and captures; the data path writes the pieces).
+    pub fn to_vec<B: AsRef<[u8]>>(&self, bufs: &[B]) -> Vec<u8> {
+        let mut v = self.head.to_vec();
+        for span in self.tail {
+            v.extend_from_slice(span.resolve(bufs));
+        }
+        v
+    }
 }
 
 /// What the [`Coalescer`] did so far (for tests, benchmarks and statistics).
@@ -542,14 +634,23 @@ impl FlowKey {
     }
 }
 
+/// Most segments merged into one super-frame after its first (a slot's [`Span`]s).
+pub const MAX_TAIL_SEGMENTS: usize = 63;
+
 /// A super-frame being built.
 #[derive(Debug)]
 struct Slot {
     active: bool,
     key: FlowKey,
     layout: TcpLayout,
+    /// The first segment, copied: headers (fixed up by `finish`) and its payload.
     buf: Box<[u8]>,
-    /// Bytes of `buf` in use (headers + merged payload).
+    /// Bytes of `buf` in use.
+    head_len: usize,
+    /// The payloads merged after the first segment, where they were received.
+    tail: [Span; MAX_TAIL_SEGMENTS],
+    tail_count: usize,
+    /// Length of the whole super-frame (head + tail).
     len: usize,
     gso_size: usize,
     segments: usize,
@@ -571,6 +672,9 @@ impl Slot {
                 v6: false,
             },
             buf: vec![0u8; SLOT_BYTES].into_boxed_slice(),
+            head_len: 0,
+            tail: [Span::default(); MAX_TAIL_SEGMENTS],
+            tail_count: 0,
             len: 0,
             gso_size: 0,
             segments: 0,
@@ -585,6 +689,8 @@ impl Slot {
         self.active = true;
         self.key = key;
         self.layout = layout;
+        self.head_len = layout.end;
+        self.tail_count = 0;
         self.len = layout.end;
         self.gso_size = seg.payload_len;
         self.segments = 1;
@@ -593,10 +699,11 @@ impl Slot {
     }
 
     /// Everything but lengths, IPv4 ident and checksums, sequence number, window and PSH equal;
-    /// in sequence; not after a short segment; within 64 KiB.
+    /// in sequence; not after a short segment; within 64 KiB and [`MAX_TAIL_SEGMENTS`].
     fn can_append(&self, frame: &[u8], seg: &Candidate) -> bool {
         let (a, b, l) = (&self.buf[..], frame, &self.layout);
         if self.closed
+            || self.tail_count == MAX_TAIL_SEGMENTS
             || seg.layout.l3 != l.l3
             || seg.layout.l4 != l.l4
             || seg.layout.payload != l.payload
@@ -622,21 +729,26 @@ impl Slot {
             && same(l.l4 + 18..l.payload)
     }
 
-    /// Appends `seg` (which [`Slot::can_append`] accepted) if its TCP checksum verifies, which
-    /// is computed while its payload is copied in; otherwise leaves the slot as it was.
-    fn append_verified(&mut self, frame: &[u8], seg: &Candidate) -> bool {
+    /// Appends `seg` (which [`Slot::can_append`] accepted, received at `at`) if its TCP checksum
+    /// verifies; otherwise leaves the slot as it was. Only the payload's place is kept.
+    fn append_verified(&mut self, frame: &[u8], at: Origin, seg: &Candidate) -> bool {
         let l = self.layout;
         let payload = &frame[l.payload..seg.layout.end];
-        // Copied past `len`: if the checksum fails, `len` does not move and the bytes are junk.
-        let payload_sum = checksum_copy(payload, &mut self.buf[self.len..self.len + payload.len()]);
         let sum = tcp_sum_with_payload(
             seg.pseudo_header(frame),
             &frame[l.l4..l.payload],
-            payload_sum,
+            checksum_sum(payload),
         );
         if checksum::fold(u32::from(sum)) != 0 {
             return false;
         }
+        // Frames are at most 64 KiB and their offsets within a receive buffer: these fit u32.
+        self.tail[self.tail_count] = Span {
+            buf: at.buf,
+            start: at.offset + l.payload as u32,
+            len: payload.len() as u32,
+        };
+        self.tail_count += 1;
         self.len += payload.len();
         self.segments += 1;
         self.next_seq = self.next_seq.wrapping_add(payload.len() as u32);
@@ -646,7 +758,7 @@ impl Slot {
             self.buf[l.l4 + 13] |= tcp_flags::PSH;
             self.closed = true;
         }
-        if payload.len() < self.gso_size {
+        if payload.len() < self.gso_size || self.tail_count == MAX_TAIL_SEGMENTS {
             self.closed = true;
         }
         true
@@ -657,7 +769,7 @@ impl Slot {
         let l = self.layout;
         let ip_len = self.len - l.l3;
         let tcp_len = self.len - l.l4;
-        let frame = &mut self.buf[..self.len];
+        let frame = &mut self.buf[..self.head_len];
         // Lengths fit 16 bits: `can_append` kept the IP packet within MAX_COALESCED_IP_LEN.
         let pseudo = if l.v6 {
             let mut ip = Ipv6Packet::new_unchecked(&mut frame[l.l3..]);
@@ -749,8 +861,10 @@ impl Candidate {
 /// progress goes first. A super-frame of one segment is handed back as that segment, unchanged,
 /// with `DATA_VALID` (its checksum was verified).
 ///
-/// Frames are handed to the `emit` callback; slots (one super-frame buffer each) are allocated
-/// once in [`Coalescer::new`].
+/// Frames are handed to the `emit` callback; slots (one buffer for the first segment each) are
+/// allocated once in [`Coalescer::new`]. The payloads merged after a super-frame's first segment
+/// are not copied: the frame handed back lists where they are in the caller's receive buffers
+/// (see [`Origin`]), and the caller writes them from there (one gathered write).
 #[derive(Debug)]
 pub struct Coalescer {
     slots: Vec<Slot>,
@@ -781,8 +895,15 @@ impl Coalescer {
         self.slots.iter().filter(|s| s.active).count()
     }
 
-    /// Takes one inner frame of network `tag`; hands frames that are complete to `emit`.
-    pub fn push<F: FnMut(CoalescedFrame<'_>)>(&mut self, tag: Vni, frame: &[u8], emit: &mut F) {
+    /// Takes one inner frame of network `tag`, received at `at`; hands frames that are complete
+    /// to `emit`. The buffer behind `at` must stay unchanged until the next [`Coalescer::flush`].
+    pub fn push<F: FnMut(CoalescedFrame<'_>)>(
+        &mut self,
+        tag: Vni,
+        frame: &[u8],
+        at: Origin,
+        emit: &mut F,
+    ) {
         self.stats.frames_in += 1;
         let Some(seg) = Candidate::parse(frame) else {
             self.emit_alone(tag, frame, 0, emit);
@@ -790,12 +911,12 @@ impl Coalescer {
         };
         let key = FlowKey::of(tag, frame, &seg.layout);
         let slot = self.slots.iter().position(|s| s.active && s.key == key);
-        // The common case, a flow's next segment: verified while it is copied in.
+        // The common case, a flow's next segment: verified, and remembered where it lies.
         if let Some(i) = slot
             && seg.mergeable
             && self.slots[i].can_append(frame, &seg)
         {
-            if self.slots[i].append_verified(frame, &seg) {
+            if self.slots[i].append_verified(frame, at, &seg) {
                 if self.slots[i].closed {
                     self.flush_slot(i, emit);
                 }
@@ -859,7 +980,8 @@ impl Coalescer {
                 flags,
                 ..VirtioNetHdrRepr::default()
             },
-            frame,
+            head: frame,
+            tail: &[],
             segments: 1,
         });
     }
@@ -880,7 +1002,8 @@ impl Coalescer {
         emit(CoalescedFrame {
             tag: slot.key.tag,
             vnet,
-            frame: &slot.buf[..slot.len],
+            head: &slot.buf[..slot.head_len],
+            tail: &slot.tail[..slot.tail_count],
             segments: slot.segments,
         });
     }
@@ -950,16 +1073,28 @@ mod tests {
         }
     }
 
-    fn coalesce_all(frames: &[&[u8]]) -> Vec<(VirtioNetHdrRepr, Vec<u8>, usize)> {
+    /// Each frame is its own receive buffer (`Origin { buf: i, offset: 0 }`).
+    fn coalesce_all<F: AsRef<[u8]>>(frames: &[F]) -> Vec<(VirtioNetHdrRepr, Vec<u8>, usize)> {
         let mut c = Coalescer::new(4);
         let mut out = Vec::new();
-        let mut emit = |f: CoalescedFrame<'_>| out.push((f.vnet, f.frame.to_vec(), f.segments));
-        for f in frames {
-            c.push(4096, f, &mut emit);
+        let mut emit = |f: CoalescedFrame<'_>| out.push((f.vnet, f.to_vec(frames), f.segments));
+        for (i, f) in frames.iter().enumerate() {
+            let at = Origin {
+                buf: i as u32,
+                offset: 0,
+            };
+            c.push(4096, f.as_ref(), at, &mut emit);
         }
         c.flush(&mut emit);
         assert_eq!(c.pending(), 0);
         out
+    }
+
+    /// The inner frames of a segmented super-frame, each copied whole.
+    fn frames_of(batch: &SegmentBatch, sf: &[u8]) -> Vec<Vec<u8>> {
+        (0..batch.len())
+            .map(|i| batch.frame_parts(sf, i).concat())
+            .collect()
     }
 
     #[test]
@@ -970,14 +1105,49 @@ mod tests {
         segment_tcp(&vnet_v4(1448), &sf, &mut batch).unwrap();
         assert_eq!(batch.len(), 3);
         assert_eq!(batch.stride(), 8 + 66 + 1448);
-        let frames: Vec<&[u8]> = (0..3).map(|i| batch.frame(i)).collect();
-        let out = coalesce_all(&frames);
+        let out = coalesce_all(&frames_of(&batch, &sf));
         assert_eq!(out.len(), 1, "one super-frame");
         let (vnet, frame, n) = &out[0];
         assert_eq!(*n, 3);
         assert_eq!(*vnet, vnet_v4(1448));
         // Same bytes, except the ident (kept from the first segment) which is the original's.
         assert_eq!(frame, &sf);
+    }
+
+    /// As the data plane uses it: segments received back to back in one GRO buffer, each behind
+    /// an 8-byte header; merged payloads are read from that buffer at their offsets.
+    #[test]
+    fn coalesces_from_offsets_in_a_shared_receive_buffer() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 13 + 1) as u8).collect();
+        let sf = super_v4(&payload, tcp_flags::ACK, 77);
+        let mut batch = SegmentBatch::default();
+        segment_tcp(&vnet_v4(1000), &sf, &mut batch).unwrap();
+        let mut gro = Vec::new();
+        for i in 0..batch.len() {
+            let [head, body] = batch.segment(&sf, i);
+            gro.extend_from_slice(head);
+            gro.extend_from_slice(body);
+        }
+        let bufs = [vec![0xEE; 100], gro];
+        let mut c = Coalescer::default();
+        let mut out = Vec::new();
+        let mut emit = |f: CoalescedFrame<'_>| {
+            assert_eq!(f.len(), f.to_vec(&bufs).len());
+            out.push((f.to_vec(&bufs), f.segments, f.tail.len()));
+        };
+        for (i, datagram) in bufs[1].chunks(batch.stride()).enumerate() {
+            let at = Origin {
+                buf: 1,
+                offset: (i * batch.stride() + EGRESS_HEADROOM) as u32,
+            };
+            c.push(1, &datagram[EGRESS_HEADROOM..], at, &mut emit);
+        }
+        c.flush(&mut emit);
+        assert_eq!(
+            out,
+            vec![(sf, 10, 9)],
+            "one super-frame, 9 payloads by reference"
+        );
     }
 
     #[test]
@@ -1040,9 +1210,9 @@ mod tests {
             segment_tcp(&vnet_v4(1448), &sf[..50], &mut batch),
             Err(OffloadError::Malformed)
         );
-        let mut small = SegmentBatch::with_capacity(0);
+        let mut small = SegmentBatch::default();
         assert_eq!(
-            segment_tcp(&vnet_v4(48), &sf, &mut small),
+            segment_tcp(&vnet_v4(1), &sf, &mut small),
             Err(OffloadError::NoRoom)
         );
         assert!(small.is_empty());
@@ -1067,8 +1237,16 @@ mod tests {
             segment_tcp(&vnet_v4(mss), &sf, &mut batch).unwrap();
             prop_assert_eq!(batch.len(), len.div_ceil(usize::from(mss)));
             let mut total = 0;
-            for i in 0..batch.len() {
-                let f = batch.frame(i);
+            let frames = frames_of(&batch, &sf);
+            for (i, f) in frames.iter().enumerate() {
+                // The GSO send's layout: every datagram `stride` long but the last.
+                let datagram: usize = batch.segment(&sf, i).iter().map(|p| p.len()).sum();
+                if i + 1 < frames.len() {
+                    prop_assert_eq!(datagram, batch.stride());
+                } else {
+                    prop_assert!(datagram <= batch.stride());
+                }
+                prop_assert_eq!(datagram, EGRESS_HEADROOM + f.len());
                 let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
                 prop_assert!(ip.verify_checksum());
                 let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
@@ -1077,15 +1255,30 @@ mod tests {
                 total += tcp.payload().len();
             }
             prop_assert_eq!(total, len);
-            let frames: Vec<&[u8]> = (0..batch.len()).map(|i| batch.frame(i)).collect();
+            prop_assert_eq!(batch.frames_len(), frames.iter().map(Vec::len).sum::<usize>());
             let out = coalesce_all(&frames);
-            prop_assert_eq!(out.len(), 1);
+            // At most 1 + MAX_TAIL_SEGMENTS segments per super-frame (small MSS: several).
+            let per_frame = 1 + MAX_TAIL_SEGMENTS;
+            prop_assert_eq!(out.len(), batch.len().div_ceil(per_frame));
+            if out.len() > 1 {
+                let mut next = 0;
+                for (vnet, frame, n) in &out {
+                    prop_assert_eq!(*n, per_frame.min(batch.len() - next));
+                    let seq0 = TcpPacket::new_checked(&frame[34..]).unwrap().seq_number();
+                    prop_assert_eq!(seq0, seq.wrapping_add((next * usize::from(mss)) as u32));
+                    if *n > 1 {
+                        prop_assert_eq!(vnet.gso_type, gso_type::TCPV4);
+                    }
+                    next += n;
+                }
+                return Ok(());
+            }
             let (vnet, frame, n) = &out[0];
             prop_assert_eq!(*n, batch.len());
             if *n == 1 {
                 // One segment goes back unchanged, checksum complete.
                 prop_assert_eq!(vnet.flags, vnet_flags::DATA_VALID);
-                prop_assert_eq!(&frame[..], batch.frame(0));
+                prop_assert_eq!(frame, &frames[0]);
             } else {
                 prop_assert_eq!(*vnet, vnet_v4(mss));
                 prop_assert_eq!(frame, &sf);
@@ -1113,15 +1306,18 @@ mod tests {
             csum_offset in any::<u16>(),
         ) {
             let vnet = VirtioNetHdrRepr { flags, gso_type: gso, hdr_len: 0, gso_size, csum_start, csum_offset };
-            let mut batch = SegmentBatch::with_capacity(64 << 10);
+            let mut batch = SegmentBatch::default();
             let _ = segment_tcp(&vnet, &bytes, &mut batch);
+            for i in 0..batch.len() + 1 {
+                let _ = batch.segment(&bytes, i);
+            }
             let mut copy = bytes.clone();
             let _ = complete_checksum(&vnet, &mut copy);
             let mut c = Coalescer::new(2);
             let mut n = 0;
             let mut emit = |_f: CoalescedFrame<'_>| n += 1;
-            c.push(1, &bytes, &mut emit);
-            c.push(1, &bytes, &mut emit);
+            c.push(1, &bytes, Origin::default(), &mut emit);
+            c.push(1, &bytes, Origin::default(), &mut emit);
             c.flush(&mut emit);
             prop_assert_eq!(n as u64, c.stats().frames_out);
         }
@@ -1140,12 +1336,14 @@ mod tests {
             let mut batch = SegmentBatch::default();
             let _ = segment_tcp(&vnet_v4(mss), &sf, &mut batch);
             let mut c = Coalescer::new(1);
-            let mut emit = |_f: CoalescedFrame<'_>| {};
-            for i in 0..batch.len() {
-                let f = batch.frame(i).to_vec();
-                c.push(1, &f, &mut emit);
+            let frames = frames_of(&batch, &sf);
+            let mut emit = |f: CoalescedFrame<'_>| {
+                let _ = f.to_vec(&frames);
+            };
+            for (i, f) in frames.iter().enumerate() {
+                c.push(1, f, Origin { buf: i as u32, offset: 0 }, &mut emit);
             }
-            c.push(1, &sf, &mut emit);
+            c.push(1, &sf, Origin::default(), &mut emit);
             c.flush(&mut emit);
         }
     }

@@ -7,7 +7,7 @@ use etherparse::{
     SlicedPacket, TcpOptionElement, TransportSlice,
 };
 use vxnet_dataplane::offload::{
-    CoalescedFrame, Coalescer, OffloadError, SegmentBatch, complete_checksum, segment_tcp,
+    CoalescedFrame, Coalescer, OffloadError, Origin, SegmentBatch, complete_checksum, segment_tcp,
 };
 use vxnet_dataplane::router::EGRESS_HEADROOM;
 use vxnet_dataplane::wire::virtio_net_hdr::{flags as vnet_flags, gso_type};
@@ -196,6 +196,11 @@ fn etherparse_check(frame: &[u8]) -> (u32, u8, Vec<u8>) {
     (tcp.sequence_number(), flags, tcp.payload().to_vec())
 }
 
+/// Segment `i` of super-frame `sf`, whole (without headroom).
+fn seg(batch: &SegmentBatch, sf: &[u8], i: usize) -> Vec<u8> {
+    batch.frame_parts(sf, i).concat()
+}
+
 #[test]
 fn golden_tcpv4_three_segments() {
     let base = Seg {
@@ -211,10 +216,11 @@ fn golden_tcpv4_three_segments() {
     assert_eq!(batch.len(), 3);
     // Ethernet 14 + IPv4 20 + TCP 32 + MSS 1000, behind the VXLAN headroom.
     assert_eq!(batch.stride(), EGRESS_HEADROOM + 66 + 1000);
-    assert_eq!(
-        batch.as_bytes().len(),
-        2 * batch.stride() + EGRESS_HEADROOM + 66 + 500
-    );
+    let sent: usize = (0..batch.len())
+        .flat_map(|i| batch.segment(&sf, i))
+        .map(<[u8]>::len)
+        .sum();
+    assert_eq!(sent, 2 * batch.stride() + EGRESS_HEADROOM + 66 + 500);
     assert_eq!(batch.frames_len(), 3 * 66 + 2500);
 
     // The exact expected bytes, built independently by etherparse: ident + i, seq + offset,
@@ -233,8 +239,9 @@ fn golden_tcpv4_three_segments() {
         })
         .collect();
     for (i, w) in want.iter().enumerate() {
-        assert_eq!(batch.frame(i), &w[..], "segment {i}");
-        let (seq, flags, p) = etherparse_check(batch.frame(i));
+        let frame = seg(&batch, &sf, i);
+        assert_eq!(&frame, w, "segment {i}");
+        let (seq, flags, p) = etherparse_check(&frame);
         assert_eq!(seq, base.seq.wrapping_add(1000 * i as u32));
         assert_eq!(p, &data[1000 * i..(1000 * (i + 1)).min(2500)]);
         let expect_flags = match i {
@@ -244,7 +251,7 @@ fn golden_tcpv4_three_segments() {
         };
         assert_eq!(flags, expect_flags, "flags of segment {i}");
         // And by our own views.
-        let ip = Ipv4Packet::new_checked(&batch.frame(i)[14..]).unwrap();
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
         assert!(ip.verify_checksum());
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
         assert!(tcp.verify_checksum_v4(ip.src_addr(), ip.dst_addr()));
@@ -252,7 +259,8 @@ fn golden_tcpv4_three_segments() {
     // Golden values, pinned: IPv4 ident, total length, header checksum and TCP checksum.
     let fields: Vec<(u16, u16, u16, u16)> = (0..3)
         .map(|i| {
-            let ip = Ipv4Packet::new_checked(&batch.frame(i)[14..]).unwrap();
+            let frame = seg(&batch, &sf, i);
+            let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
             let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
             (ip.ident(), ip.total_len(), ip.checksum(), tcp.checksum())
         })
@@ -260,12 +268,11 @@ fn golden_tcpv4_three_segments() {
     assert_eq!(fields, GOLDEN_V4);
     // The headroom is left for the VXLAN header (the router fills the first, then it is copied).
     let mut batch2 = batch.clone();
-    batch2.buffer_mut()[..EGRESS_HEADROOM].copy_from_slice(&[8, 0, 0, 0, 0, 0x10, 0, 0]);
+    batch2.first_mut()[..EGRESS_HEADROOM].copy_from_slice(&[8, 0, 0, 0, 0, 0x10, 0, 0]);
     batch2.replicate_headroom();
     for i in 0..3 {
-        let at = i * batch2.stride();
         assert_eq!(
-            &batch2.as_bytes()[at..at + EGRESS_HEADROOM],
+            &batch2.segment(&sf, i)[0][..EGRESS_HEADROOM],
             &[8, 0, 0, 0, 0, 0x10, 0, 0]
         );
     }
@@ -298,17 +305,18 @@ fn golden_tcpv6_segments() {
             psh: i == 2,
             ..base
         };
-        assert_eq!(batch.frame(i), &build(s, chunk)[..], "segment {i}");
-        let (_, _, p) = etherparse_check(batch.frame(i));
+        let frame = seg(&batch, &sf, i);
+        assert_eq!(frame, build(s, chunk), "segment {i}");
+        let (_, _, p) = etherparse_check(&frame);
         assert_eq!(p, chunk);
-        let ip = Ipv6Packet::new_checked(&batch.frame(i)[14..]).unwrap();
+        let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
         assert_eq!(usize::from(ip.payload_len()), 32 + chunk.len());
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
         assert!(tcp.verify_checksum_v6(&ip.src_addr(), &ip.dst_addr()));
     }
     let sums: Vec<u16> = (0..3)
         .map(|i| {
-            TcpPacket::new_checked(&batch.frame(i)[54..])
+            TcpPacket::new_checked(&seg(&batch, &sf, i)[54..])
                 .unwrap()
                 .checksum()
         })
@@ -405,10 +413,14 @@ fn run(frames: &[Vec<u8>]) -> (Vec<(VirtioNetHdrRepr, Vec<u8>, usize)>, Coalesce
     let mut out = Vec::new();
     let mut emit = |f: CoalescedFrame<'_>| {
         assert_eq!(f.tag, VNI);
-        out.push((f.vnet, f.frame.to_vec(), f.segments))
+        out.push((f.vnet, f.to_vec(frames), f.segments))
     };
-    for f in frames {
-        c.push(VNI, f, &mut emit);
+    for (i, f) in frames.iter().enumerate() {
+        let at = Origin {
+            buf: i as u32,
+            offset: 0,
+        };
+        c.push(VNI, f, at, &mut emit);
     }
     c.flush(&mut emit);
     (out, c)
@@ -448,7 +460,7 @@ fn coalesces_back_to_the_super_frame() {
         let (vnet, sf) = super_frame(base, &data, 1400);
         let mut batch = SegmentBatch::default();
         segment_tcp(&vnet, &sf, &mut batch).unwrap();
-        let frames: Vec<Vec<u8>> = (0..batch.len()).map(|i| batch.frame(i).to_vec()).collect();
+        let frames: Vec<Vec<u8>> = (0..batch.len()).map(|i| seg(&batch, &sf, i)).collect();
         let (out, c) = run(&frames);
         assert_eq!(out.len(), 1);
         let (got_vnet, got, n) = &out[0];

@@ -19,6 +19,7 @@ use vxnet_dataplane::wire::{
     VNI_MAX, VirtioNetHdr, VirtioNetHdrRepr, VxlanPacket, VxlanRepr, ip_protocol,
 };
 
+#[allow(dead_code)] // the offload bodies are offload_props.rs's
 #[path = "../fuzz/src/lib.rs"]
 mod touch;
 

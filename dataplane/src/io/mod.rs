@@ -20,7 +20,8 @@ pub use netns::{NamedNetns, NetnsHandle};
 pub use tap::{Tap, TapOffloads, TapOptions, VNET_HDR_LEN};
 pub use udp::{MsgBatch, RecvMeta, SendPool, VxlanSocket, bind_vxlan_rx};
 pub use workers::{
-    BUSY_POLL_BUDGET, BUSY_POLL_PERIOD, BusyPoll, DEFAULT_BUSY_POLL, DataPlane, DataPlaneConfig,
+    BUSY_POLL_BUDGET, BUSY_POLL_BULK_PACKETS, BUSY_POLL_PERIOD, BusyPoll, DEFAULT_BUSY_POLL,
+    DataPlane, DataPlaneConfig,
 };
 
 /// Errors of the I/O layer's setup calls.

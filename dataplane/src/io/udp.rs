@@ -7,8 +7,9 @@
 //!   a fixed socket per flow hash keeps each flow on one port, hence in order.
 //! - [`VxlanSocket::recv_batch`] / [`VxlanSocket::send_batch`] use `recvmmsg`/`sendmmsg` with
 //!   arrays preallocated in a reusable [`MsgBatch`], so the hot path does not allocate.
-//! - [`VxlanSocket::send_gso`] sends many equal-sized datagrams in one call with `UDP_SEGMENT`,
-//!   falling back to one datagram per call where the kernel or the route cannot.
+//! - [`VxlanSocket::send_gso_parts`] sends many equal-sized datagrams in one call with
+//!   `UDP_SEGMENT`, each gathered from two pieces (headers, payload where it was read), falling
+//!   back to one datagram per call where the kernel or the route cannot.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -350,17 +351,40 @@ impl VxlanSocket {
         .map(|n| n as usize)
     }
 
-    /// Sends `buf` to `dst` as datagrams of `segment_size` bytes (the last may be shorter), with
-    /// one `UDP_SEGMENT` send per up to [`GSO_MAX_SEGMENTS`] segments when the kernel can, else
-    /// one send per datagram. Returns the bytes sent (all of `buf` unless an error stopped it;
-    /// an error before anything was sent is returned as `Err`). When `segment_size` plus the
-    /// outer headers exceeds the route's MTU the kernel refuses the GSO send (`EMSGSIZE`): the
-    /// chunk then goes one datagram per segment, fragmented by IP like a plain send.
+    /// Sends `buf` to `dst` as datagrams of `segment_size` bytes (the last may be shorter); see
+    /// [`VxlanSocket::send_gso_parts`]. Returns the bytes sent (all of `buf` unless an error
+    /// stopped it; an error before anything was sent is returned as `Err`).
     pub fn send_gso(
         &self,
         dst: SocketAddr,
         buf: &[u8],
         segment_size: usize,
+    ) -> std::io::Result<usize> {
+        let count = buf.len().div_ceil(segment_size.max(1));
+        let sent = self.send_gso_parts(dst, count, segment_size, |i| {
+            let from = (i * segment_size).min(buf.len());
+            [&buf[from..(from + segment_size).min(buf.len())], &[]]
+        })?;
+        Ok((sent * segment_size).min(buf.len()))
+    }
+
+    /// Sends `count` datagrams to `dst`, datagram `i` being the two pieces `part(i)` back to back
+    /// (e.g. headers held by the caller, then a payload where it was read: the kernel gathers
+    /// them, nothing is copied in userspace). Every datagram but the last must be `segment_size`
+    /// bytes long, the last at most that.
+    ///
+    /// Uses one `UDP_SEGMENT` send per up to [`GSO_MAX_SEGMENTS`] datagrams (and 64 KiB) when the
+    /// kernel can, else one send per datagram. Returns how many datagrams were sent (all unless
+    /// an error stopped it; an error before any was sent is returned as `Err`). When
+    /// `segment_size` plus the outer headers exceeds the route's MTU the kernel refuses the GSO
+    /// send (`EMSGSIZE`): those datagrams then go one per send, fragmented by IP like a plain
+    /// send.
+    pub fn send_gso_parts<'a>(
+        &self,
+        dst: SocketAddr,
+        count: usize,
+        segment_size: usize,
+        part: impl Fn(usize) -> [&'a [u8]; 2],
     ) -> std::io::Result<usize> {
         if segment_size == 0 || segment_size > MAX_UDP_PAYLOAD {
             return Err(std::io::Error::new(
@@ -368,92 +392,111 @@ impl VxlanSocket {
                 "bad GSO segment size",
             ));
         }
-        let per_send = GSO_MAX_SEGMENTS.min(MAX_UDP_PAYLOAD / segment_size).max(1) * segment_size;
-        let mut off = 0;
-        while off < buf.len() {
-            let chunk = &buf[off..buf.len().min(off + per_send)];
-            let r = if chunk.len() > segment_size && self.gso_enabled() {
-                match self.sendmsg_gso(dst, chunk, segment_size as u16) {
+        let mut addr = zeroed_storage();
+        let namelen = write_sockaddr(&dst, self.v6, &mut addr);
+        let per_send = GSO_MAX_SEGMENTS.min(MAX_UDP_PAYLOAD / segment_size).max(1);
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 2 * GSO_MAX_SEGMENTS];
+        let mut sent = 0;
+        while sent < count {
+            let n = per_send.min(count - sent);
+            for (k, pair) in iov.chunks_exact_mut(2).take(n).enumerate() {
+                for (v, piece) in pair.iter_mut().zip(part(sent + k)) {
+                    *v = libc::iovec {
+                        iov_base: piece.as_ptr().cast_mut().cast(),
+                        iov_len: piece.len(),
+                    };
+                }
+            }
+            let iov = &iov[..2 * n];
+            let r = if n > 1 && self.gso_enabled() {
+                match self.sendmsg_iov(&addr, namelen, iov, Some(segment_size as u16)) {
+                    Ok(_) => Ok(n),
                     // EIO: the route's device cannot checksum GSO segments; never try again.
                     Err(e) if e.raw_os_error() == Some(libc::EIO) => {
                         self.gso.store(false, Ordering::Relaxed);
-                        self.send_segments(dst, chunk, segment_size)
+                        self.send_one_by_one(&addr, namelen, iov)
                     }
                     // EMSGSIZE (EINVAL before Linux 6.x): the segments do not fit the route's
                     // MTU (the kernel never fragments GSO segments). One datagram per segment,
                     // which IP may fragment, as without GSO; GSO stays on for other sizes.
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL)) => {
-                        self.send_segments(dst, chunk, segment_size)
+                        self.send_one_by_one(&addr, namelen, iov)
                     }
-                    other => other,
+                    Err(e) => Err(e),
                 }
             } else {
-                self.send_segments(dst, chunk, segment_size)
+                self.send_one_by_one(&addr, namelen, iov)
             };
             match r {
-                Ok(n) => {
-                    off += n;
-                    if n < chunk.len() {
+                Ok(k) => {
+                    sent += k;
+                    if k < n {
                         break;
                     }
                 }
-                Err(e) if off == 0 => return Err(e),
+                Err(e) if sent == 0 => return Err(e),
                 Err(_) => break,
             }
         }
-        Ok(off)
+        Ok(sent)
     }
 
-    fn send_segments(
+    /// One `sendmsg` per datagram, each datagram an iovec pair; returns how many were sent.
+    fn send_one_by_one(
         &self,
-        dst: SocketAddr,
-        buf: &[u8],
-        segment_size: usize,
+        addr: &libc::sockaddr_storage,
+        namelen: libc::socklen_t,
+        iov: &[libc::iovec],
     ) -> std::io::Result<usize> {
-        let mut off = 0;
-        for seg in buf.chunks(segment_size) {
-            match self.send_to(seg, dst) {
-                Ok(_) => off += seg.len(),
-                Err(e) if off == 0 => return Err(e),
+        let mut sent = 0;
+        for pair in iov.chunks(2) {
+            match self.sendmsg_iov(addr, namelen, pair, None) {
+                Ok(_) => sent += 1,
+                Err(e) if sent == 0 => return Err(e),
                 Err(_) => break,
             }
         }
-        Ok(off)
+        Ok(sent)
     }
 
-    fn sendmsg_gso(
+    /// One `sendmsg` of the gathered `iov`, with a `UDP_SEGMENT` control message if
+    /// `segment_size` is given.
+    fn sendmsg_iov(
         &self,
-        dst: SocketAddr,
-        buf: &[u8],
-        segment_size: u16,
+        addr: &libc::sockaddr_storage,
+        namelen: libc::socklen_t,
+        iov: &[libc::iovec],
+        segment_size: Option<u16>,
     ) -> std::io::Result<usize> {
-        let mut addr = zeroed_storage();
-        let namelen = write_sockaddr(&dst, self.v6, &mut addr);
-        let mut iov = libc::iovec {
-            iov_base: buf.as_ptr().cast_mut().cast(),
-            iov_len: buf.len(),
-        };
         let mut ctrl = [0u64; CTRL_WORDS];
         // SAFETY: msghdr is plain old data; all-zero is valid.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+        msg.msg_name = (addr as *const libc::sockaddr_storage).cast_mut().cast();
         msg.msg_namelen = namelen;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctrl.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE only computes a size.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
-        // SAFETY: msg_control points at `ctrl`, which is 8-byte aligned and larger than
-        // CMSG_SPACE(2), so the first header and its data lie inside it.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_UDP;
-            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment_size);
+        msg.msg_iov = iov.as_ptr().cast_mut();
+        msg.msg_iovlen = iov.len() as _;
+        if let Some(segment_size) = segment_size {
+            msg.msg_control = ctrl.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE only computes a size.
+            msg.msg_controllen =
+                unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
+            // SAFETY: msg_control points at `ctrl`, which is 8-byte aligned and larger than
+            // CMSG_SPACE(2), so the first header and its data lie inside it.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment_size);
+            }
         }
         let fd = self.sock.as_raw_fd();
-        // SAFETY: msg points at live address, iovec, payload and control buffers for the call.
+        // SAFETY: msg points at the caller's address and iovecs (each iovec at a live buffer the
+        // kernel only reads) and at `ctrl`, all valid for the duration of the call; the kernel
+        // does not write through msg_name or msg_iov on send.
         retry_eintr(|| unsafe { libc::sendmsg(fd, &msg, 0) }).map(|n| n as usize)
     }
 }

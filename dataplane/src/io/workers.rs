@@ -9,21 +9,25 @@
 //! With [`DataPlaneConfig::offload`] (the default) the TAPs carry a `virtio_net_hdr` and TCP
 //! super-frames of up to ~64 KiB:
 //!
-//! - egress: one `read` brings a super-frame; [`offload::segment_tcp`] cuts it into MSS-sized
-//!   inner frames at a fixed stride, the router decides for the first segment (every segment has
-//!   the same MACs, addresses and ports, and none is larger, so the decision holds for all), and
-//!   the whole batch leaves in one UDP GSO send per destination (`UDP_SEGMENT` = stride). Frames
-//!   without GSO get their partial checksum completed ([`offload::complete_checksum`]) and take
-//!   the ordinary path. A super-frame that is dropped counts one drop per segment.
+//! - egress: one `read` brings a super-frame; [`offload::segment_tcp`] writes each MSS-sized
+//!   segment's headers, the router decides for the first segment (every segment has the same
+//!   MACs, addresses and ports, and none is larger, so the decision holds for all), and the whole
+//!   batch leaves in one UDP GSO send per destination (`UDP_SEGMENT` = stride), each datagram
+//!   gathered from its headers and its payload where the `read` put it: the payload is read once
+//!   in userspace (for the checksum) and never copied there. Frames without GSO get their partial
+//!   checksum completed ([`offload::complete_checksum`]) and take the ordinary path. A
+//!   super-frame that is dropped counts one drop per segment.
 //! - ingress: the receive socket's `UDP_GRO` batches are split by stride and routed datagram by
 //!   datagram as before; delivered frames go through an [`offload::Coalescer`] that merges each
 //!   TCP flow's in-order, checksum-verified segments back into super-frames, flushed at the end of
-//!   every receive batch (no frame waits for the next batch), one `write` per super-frame.
+//!   every receive batch (no frame waits for the next batch), one gathered `writev` per
+//!   super-frame: headers, then the merged payloads straight from the receive buffers.
 //!
 //! Without it every frame costs one `read` or `write` and one `sendto`, and the TAP has no
 //! vnet header (the kernel segments and checksums before the TAP).
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +42,7 @@ use crate::fdb::{Fib, FibSnapshot, NetworkTable, Vni};
 use crate::io::{
     IoError, MsgBatch, RecvMeta, Result, SendPool, Tap, TapOptions, VNET_HDR_LEN, VxlanSocket,
 };
-use crate::offload::{self, CoalescedFrame, Coalescer, SegmentBatch};
+use crate::offload::{self, CoalescedFrame, Coalescer, Origin, SegmentBatch};
 use crate::router::{
     EGRESS_HEADROOM, EGRESS_TAILROOM, EgressAction, IngressAction, IngressMemo, Router,
     RouterConfig,
@@ -115,6 +119,12 @@ pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
 /// capped at [`BUSY_POLL_BUDGET`] of each [`BUSY_POLL_PERIOD`] (80%): steady traffic at a few
 /// thousand packets per second cannot make a worker spin a whole core, and the yield means any
 /// other runnable thread (the containers' own) runs before the next poll.
+///
+/// Polling pays for sparse, latency-bound traffic only. A bulk stream's wakes carry whole batches
+/// (a 64 KiB super-frame is ~45 packets), so the wake's cost is spread over them, and the next
+/// batch wakes the worker soon anyway; polling then only turns idle time into busy time. So the
+/// worker polls only while its recent wakes averaged fewer than [`BUSY_POLL_BULK_PACKETS`]
+/// packets (an exponential average over about 8 wakes).
 #[derive(Debug)]
 pub struct BusyPoll {
     window: Duration,
@@ -123,7 +133,12 @@ pub struct BusyPoll {
     spent: Duration,
     /// When the poll before this one happened, while spinning.
     last_poll: Option<Duration>,
+    /// Average packets per wake, in 1/16ths (fixed point: no float on the hot path).
+    packets_per_wake_x16: u32,
 }
+
+/// Wakes that average this many packets or more are bulk traffic: no polling after them.
+pub const BUSY_POLL_BULK_PACKETS: u32 = 8;
 
 /// Length of one busy-poll accounting period.
 pub const BUSY_POLL_PERIOD: Duration = Duration::from_millis(10);
@@ -139,14 +154,20 @@ impl BusyPoll {
             period_start: Duration::ZERO,
             spent: Duration::ZERO,
             last_poll: None,
+            packets_per_wake_x16: 0,
         }
     }
 
-    /// The worker handled events at `now`.
-    pub fn worked(&mut self, now: Duration) {
+    /// The worker handled events at `now`, moving `packets` packets (frames read, datagrams
+    /// received).
+    pub fn worked(&mut self, now: Duration, packets: u32) {
         self.account(now);
         self.last_poll = None;
         self.last_work = Some(now);
+        // avg += (sample - avg) / 8, in 1/16ths; a sample is capped so one burst cannot pin it.
+        let sample = packets.min(4 * BUSY_POLL_BULK_PACKETS) * 16;
+        let avg = self.packets_per_wake_x16;
+        self.packets_per_wake_x16 = avg - avg / 8 + sample / 8;
     }
 
     /// Whether to poll once more (true) or sleep (false) at `now`.
@@ -155,7 +176,9 @@ impl BusyPoll {
         let Some(last_work) = self.last_work else {
             return false;
         };
-        let poll = now.saturating_sub(last_work) < self.window && self.spent < BUSY_POLL_BUDGET;
+        let poll = now.saturating_sub(last_work) < self.window
+            && self.spent < BUSY_POLL_BUDGET
+            && self.packets_per_wake_x16 < BUSY_POLL_BULK_PACKETS * 16;
         self.last_poll = poll.then_some(now);
         poll
     }
@@ -454,27 +477,30 @@ impl Worker {
             } else {
                 self.epoll.wait(&mut events, IDLE_WAKE)
             };
-            if ready > 0 {
-                busy.worked(epoch.elapsed());
-            }
+            let mut packets = 0;
             for event in &events[..ready] {
                 let token = event.u64;
                 if token == UDP_TOKEN {
-                    self.ingress(&mut router, &mut bufs);
+                    packets += self.ingress(&mut router, &mut bufs);
                 } else if token & TAP_TOKEN != 0 {
                     let vni = (token & 0xFFFF_FFFF) as Vni;
-                    if bufs.offload.is_some() {
-                        self.egress_offload(&mut router, &mut bufs, vni, epoch.elapsed());
+                    packets += if bufs.offload.is_some() {
+                        self.egress_offload(&mut router, &mut bufs, vni, epoch.elapsed())
                     } else {
-                        self.egress(&mut router, &mut bufs, vni, epoch.elapsed());
-                    }
+                        self.egress(&mut router, &mut bufs, vni, epoch.elapsed())
+                    };
                 }
+            }
+            if ready > 0 {
+                busy.worked(epoch.elapsed(), packets);
             }
         }
     }
 
-    /// Drains the receive socket: decapsulates and writes inner frames to the TAPs.
-    fn ingress(&self, router: &mut Router, bufs: &mut Buffers) {
+    /// Drains the receive socket: decapsulates and writes inner frames to the TAPs. Returns the
+    /// number of datagrams received.
+    fn ingress(&self, router: &mut Router, bufs: &mut Buffers) -> u32 {
+        let mut datagrams = 0;
         // Bounded, so a flood on the underlay cannot starve the TAPs.
         for _ in 0..8 {
             let received = match self
@@ -482,13 +508,16 @@ impl Worker {
                 .recv_batch(&mut bufs.batch, &mut bufs.rx, &mut bufs.metas)
             {
                 Ok(n) => n,
-                Err(_) => return, // WouldBlock (drained) or a transient error (ICMP) alike
+                Err(_) => return datagrams, // WouldBlock (drained) or a transient error (ICMP)
             };
             let fib = self.fib.load();
             let taps = self.taps.load();
             let mut coalescer = bufs.offload.as_mut().map(|o| &mut o.coalescer);
-            let mut emit = |frame: CoalescedFrame<'_>| self.write_coalesced(&taps, frame);
-            for (buf, meta) in bufs.rx.iter().zip(&bufs.metas[..received]) {
+            let rx = &bufs.rx;
+            // Merged payloads are written from `rx` itself, which stays untouched until the
+            // coalescer's flush below.
+            let mut emit = |frame: CoalescedFrame<'_>| self.write_coalesced(&taps, rx, frame);
+            for (index, (buf, meta)) in rx.iter().zip(&bufs.metas[..received]).enumerate() {
                 if meta.truncated {
                     self.stats.count_drop(DropReason::MalformedInner);
                     continue;
@@ -501,6 +530,7 @@ impl Worker {
                 // One sender, one snapshot: datagrams with the headers of the previous one skip
                 // the table lookups.
                 let mut memo = IngressMemo::default();
+                datagrams += meta.len.div_ceil(stride).max(1) as u32;
                 for datagram in empty.into_iter().chain(data.chunks(stride)) {
                     match coalescer.as_deref_mut() {
                         Some(coalescer) => {
@@ -510,7 +540,13 @@ impl Worker {
                                 if self.capture.is_active() {
                                     self.capture.mirror(vni, Direction::Ingress, frame);
                                 }
-                                coalescer.push(vni, frame, &mut emit);
+                                // The frame is a slice of `buf`: its offset in it.
+                                let offset = frame.as_ptr() as usize - buf.as_ptr() as usize;
+                                let at = Origin {
+                                    buf: index as u32,
+                                    offset: offset as u32,
+                                };
+                                coalescer.push(vni, frame, at, &mut emit);
                             }
                         }
                         None => {
@@ -524,9 +560,10 @@ impl Worker {
                 coalescer.flush(&mut emit);
             }
             if received < RX_BATCH {
-                return;
+                return datagrams;
             }
         }
+        datagrams
     }
 
     fn deliver<'a>(
@@ -556,18 +593,21 @@ impl Worker {
         }
     }
 
-    /// Reads a burst of frames from network `vni`'s TAP queue and sends them on.
-    fn egress(&self, router: &mut Router, bufs: &mut Buffers, vni: Vni, now: Duration) {
+    /// Reads a burst of frames from network `vni`'s TAP queue and sends them on. Returns the
+    /// number of frames read.
+    fn egress(&self, router: &mut Router, bufs: &mut Buffers, vni: Vni, now: Duration) -> u32 {
         let taps = self.taps.load();
         let Some(tap) = taps.get(&vni).and_then(|t| t.queues.get(self.index)) else {
-            return;
+            return 0;
         };
         let fib = self.fib.load();
+        let mut frames = 0;
         for _ in 0..TAP_BURST {
             let len = match tap.read(&mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + MAX_PACKET]) {
                 Ok(len) => len,
                 Err(_) => break, // WouldBlock: drained
             };
+            frames += 1;
             self.route_frame(
                 router,
                 &fib,
@@ -580,21 +620,27 @@ impl Worker {
             );
         }
         self.flush_pending(&mut bufs.pending);
+        frames
     }
 
-    /// Writes a frame from the coalescer to its network's TAP (vnet header first).
-    fn write_coalesced(&self, taps: &TapTable, out: CoalescedFrame<'_>) {
+    /// Writes a frame from the coalescer to its network's TAP in one gathered write: the vnet
+    /// header, the coalescer's head, and the merged payloads where they were received (`rx`).
+    fn write_coalesced(&self, taps: &TapTable, rx: &[Vec<u8>], out: CoalescedFrame<'_>) {
         let segments = out.segments as u64;
-        match taps.get(&out.tag).and_then(|t| t.queues.get(self.index)) {
-            Some(tap) => {
-                if tap
-                    .write_vnet(&offload::encode_vnet(&out.vnet), out.frame)
-                    .is_err()
-                {
-                    self.stats.count_drops(DropReason::TapWriteError, segments);
-                }
-            }
-            None => self.stats.count_drops(DropReason::UnknownNetwork, segments),
+        let Some(tap) = taps.get(&out.tag).and_then(|t| t.queues.get(self.index)) else {
+            self.stats.count_drops(DropReason::UnknownNetwork, segments);
+            return;
+        };
+        let vnet = offload::encode_vnet(&out.vnet);
+        let mut iov = [IoSlice::new(&[]); 2 + offload::MAX_TAIL_SEGMENTS];
+        iov[0] = IoSlice::new(&vnet);
+        iov[1] = IoSlice::new(out.head);
+        for (slot, span) in iov[2..].iter_mut().zip(out.tail) {
+            *slot = IoSlice::new(span.resolve(rx));
+        }
+        let pieces = 2 + out.tail.len().min(offload::MAX_TAIL_SEGMENTS);
+        if tap.writev(&iov[..pieces]).is_err() {
+            self.stats.count_drops(DropReason::TapWriteError, segments);
         }
     }
 
@@ -615,16 +661,24 @@ impl Worker {
     }
 
     /// [`Worker::egress`] for a TAP with vnet header and TSO: super-frames are segmented and
-    /// sent with UDP GSO, partial checksums completed.
-    fn egress_offload(&self, router: &mut Router, bufs: &mut Buffers, vni: Vni, now: Duration) {
+    /// sent with UDP GSO, partial checksums completed. Returns the number of frames read, a
+    /// super-frame counting as its segments.
+    fn egress_offload(
+        &self,
+        router: &mut Router,
+        bufs: &mut Buffers,
+        vni: Vni,
+        now: Duration,
+    ) -> u32 {
         let taps = self.taps.load();
         let Some(tap) = taps.get(&vni).and_then(|t| t.queues.get(self.index)) else {
-            return;
+            return 0;
         };
         let Some(off) = bufs.offload.as_mut() else {
-            return;
+            return 0;
         };
         let fib = self.fib.load();
+        let mut frames = 0;
         for _ in 0..TAP_BURST {
             let frame_buf = &mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + TAP_READ_MAX];
             let len = match tap.read_vnet(&mut off.vnet, frame_buf) {
@@ -638,8 +692,9 @@ impl Worker {
             }
             let vnet = VirtioNetHdrRepr::parse(&VirtioNetHdr::new_unchecked(&off.vnet[..]))
                 .unwrap_or_default();
-            let frame = &mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
+            frames += 1;
             if vnet.gso_type == gso_type::NONE {
+                let frame = &mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
                 if offload::complete_checksum(&vnet, frame).is_err() {
                     self.stats.count_drop(DropReason::BadGso);
                     continue;
@@ -655,18 +710,22 @@ impl Worker {
                     now,
                 );
             } else {
+                let frame = &bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
                 match offload::segment_tcp(&vnet, frame, &mut off.segments) {
                     Ok(()) => {
+                        frames += off.segments.len().saturating_sub(1) as u32;
                         // Frames read before this super-frame leave before it (a flow's SYN or
                         // small segments must not be overtaken).
                         self.flush_pending(&mut bufs.pending);
-                        self.route_segments(router, &fib, tap, &mut off.segments, vni, now);
+                        let segments = &mut off.segments;
+                        self.route_segments(router, &fib, tap, segments, frame, vni, now);
                     }
                     Err(_) => self.stats.count_drop(DropReason::BadGso),
                 }
             }
         }
         self.flush_pending(&mut bufs.pending);
+        frames
     }
 
     /// Routes one ordinary (not segmented) frame at `buf[EGRESS_HEADROOM..][..len]`.
@@ -706,15 +765,18 @@ impl Worker {
         }
     }
 
-    /// Routes the segments of one super-frame: the router decides for the first, the decision
-    /// holds for all of them (same headers but for lengths, sequence numbers and checksums; none
-    /// larger than the first). Drops count once per segment; so do the network's tx counters.
+    /// Routes the segments of super-frame `frame`: the router decides for the first, the
+    /// decision holds for all of them (same headers but for lengths, sequence numbers and
+    /// checksums; none larger than the first). Drops count once per segment; so do the network's
+    /// tx counters.
+    #[allow(clippy::too_many_arguments)]
     fn route_segments(
         &self,
         router: &mut Router,
         fib: &FibSnapshot,
         tap: &Tap,
         segments: &mut SegmentBatch,
+        frame: &[u8],
         vni: Vni,
         now: Duration,
     ) {
@@ -724,13 +786,13 @@ impl Worker {
         let rest = segments.len() as u64 - 1;
         if self.capture.is_active() {
             for i in 0..segments.len() {
-                self.capture
-                    .mirror(vni, Direction::Egress, segments.frame(i));
+                let parts = segments.frame_parts(frame, i);
+                self.capture.mirror_parts(vni, Direction::Egress, &parts);
             }
         }
-        let first_len = segments.frame(0).len();
+        let first_len = segments.first_len();
         let (target, flow_hash) =
-            match router.egress(fib, vni, segments.buffer_mut(), first_len, now) {
+            match router.egress(fib, vni, segments.first_mut(), first_len, now) {
                 EgressAction::Unicast {
                     vtep, flow_hash, ..
                 } => (SegmentTarget::Unicast(vtep), flow_hash),
@@ -756,25 +818,34 @@ impl Worker {
             table.counters().add_tx_many(rest, bytes);
         }
         match target {
-            SegmentTarget::Unicast(vtep) => self.send_segments(segments, vtep, flow_hash),
+            SegmentTarget::Unicast(vtep) => self.send_segments(segments, frame, vtep, flow_hash),
             SegmentTarget::Flood => {
                 for &vtep in table.map(NetworkTable::flood_list).unwrap_or_default() {
-                    self.send_segments(segments, vtep, flow_hash);
+                    self.send_segments(segments, frame, vtep, flow_hash);
                 }
             }
         }
     }
 
-    /// Sends every segment to `vtep` with UDP GSO (one system call per 64 segments / 64 KiB);
-    /// counts the segments the kernel did not take.
-    fn send_segments(&self, segments: &SegmentBatch, vtep: IpAddr, flow_hash: u32) {
-        let key = self.tx_key(vtep, flow_hash);
-        self.send_run(GsoRun {
-            key: &key,
-            bytes: segments.as_bytes(),
-            stride: segments.stride(),
-            count: segments.len(),
-        });
+    /// Sends every segment of super-frame `frame` to `vtep` with UDP GSO (one system call per
+    /// 64 segments / 64 KiB, payloads gathered from `frame`); counts the segments the kernel did
+    /// not take.
+    fn send_segments(&self, segments: &SegmentBatch, frame: &[u8], vtep: IpAddr, flow_hash: u32) {
+        let (vtep, socket) = self.tx_key(vtep, flow_hash);
+        let total = segments.len();
+        let sent = match self.pool.sockets().get(socket) {
+            Some(socket) => socket
+                .send_gso_parts(
+                    SocketAddr::new(vtep, self.port),
+                    total,
+                    segments.stride(),
+                    |i| segments.segment(frame, i),
+                )
+                .unwrap_or(0),
+            None => 0,
+        };
+        self.stats
+            .count_drops(DropReason::UdpSendError, (total - sent.min(total)) as u64);
     }
 
     /// Queues one routed datagram for `vtep`; it leaves with the next flush of `pending`.
@@ -830,25 +901,25 @@ mod tests {
     fn busy_poll_polls_within_the_window_after_work_only() {
         let mut b = BusyPoll::new(100 * US);
         assert!(!b.keep_polling(Duration::ZERO), "no work yet: sleep");
-        b.worked(1000 * US);
+        b.worked(1000 * US, 1);
         assert!(b.keep_polling(1010 * US));
         assert!(b.keep_polling(1099 * US));
         assert!(!b.keep_polling(1100 * US), "window over");
-        b.worked(1200 * US);
+        b.worked(1200 * US, 1);
         assert!(b.keep_polling(1250 * US));
     }
 
     #[test]
     fn zero_window_never_polls() {
         let mut b = BusyPoll::new(Duration::ZERO);
-        b.worked(5 * US);
+        b.worked(5 * US, 1);
         assert!(!b.keep_polling(5 * US));
     }
 
     #[test]
     fn polling_is_capped_per_period_and_the_budget_comes_back() {
         let mut b = BusyPoll::new(Duration::from_secs(1));
-        b.worked(Duration::ZERO);
+        b.worked(Duration::ZERO, 1);
         let mut now = Duration::ZERO;
         let mut polled = Duration::ZERO;
         // Poll every µs until refused: the cap stops it within the first period.
@@ -862,17 +933,44 @@ mod tests {
             "{polled:?}"
         );
         // Work in the next period: polling is allowed again.
-        b.worked(BUSY_POLL_PERIOD + US);
+        b.worked(BUSY_POLL_PERIOD + US, 1);
         assert!(b.keep_polling(BUSY_POLL_PERIOD + 2 * US));
     }
 
     #[test]
     fn time_between_work_and_polls_is_not_charged() {
         let mut b = BusyPoll::new(100 * US);
-        b.worked(Duration::ZERO);
+        b.worked(Duration::ZERO, 1);
         assert!(b.keep_polling(10 * US));
-        b.worked(50 * US); // 40 µs of polling
+        b.worked(50 * US, 1); // 40 µs of polling
         assert!(b.keep_polling(60 * US)); // handling work (50..60) is not polling
         assert_eq!(b.spent(), 40 * US);
+    }
+
+    #[test]
+    fn bulk_wakes_stop_polling_and_sparse_ones_bring_it_back() {
+        let mut b = BusyPoll::new(100 * US);
+        let mut now = Duration::ZERO;
+        // A stream: every wake moves a super-frame's worth of packets.
+        for _ in 0..8 {
+            now += 200 * US;
+            b.worked(now, 45);
+        }
+        assert!(
+            !b.keep_polling(now + US),
+            "bulk traffic: sleep between batches"
+        );
+        // One sparse wake does not flip it at once...
+        now += 200 * US;
+        b.worked(now, 1);
+        assert!(!b.keep_polling(now + US));
+        // ...request/response traffic does, within a few dozen wakes.
+        let mut wakes = 1;
+        while !b.keep_polling(now + US) {
+            now += 200 * US;
+            b.worked(now, 1);
+            wakes += 1;
+            assert!(wakes < 40, "never polls again");
+        }
     }
 }
