@@ -18,7 +18,8 @@
 //!   written to the TAP with `gso_type` TCPV4/TCPV6 and `NEEDS_CSUM`. A segment is only merged
 //!   after vxnet verified its TCP checksum itself: the outer UDP checksum of VXLAN is often zero
 //!   and proves nothing (flannel #1279), and once merged the kernel no longer checks the
-//!   segments. Merged payloads stay where they were received (the frame handed back lists
+//!   segments. UDP datagrams of one flow are merged likewise into `UDP_L4` super-frames. Merged
+//!   payloads stay where they were received (the frame handed back lists
 //!   them as [`Span`]s). Everything else is passed through unchanged, one frame per write.
 //!
 //! The `hdr_len` the kernel reports is not trusted (on a TAP it is the skb's linear length, which
@@ -30,8 +31,8 @@ use crate::fdb::Vni;
 use crate::router::{EGRESS_HEADROOM, EGRESS_TAILROOM};
 use crate::wire::virtio_net_hdr::{flags as vnet_flags, gso_type};
 use crate::wire::{
-    EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, TcpPacket, VirtioNetHdr, VirtioNetHdrRepr,
-    checksum, ip_protocol, tcp_flags,
+    EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, VirtioNetHdr,
+    VirtioNetHdrRepr, checksum, ip_protocol, tcp_flags,
 };
 
 /// Offset of the checksum field in a TCP header (`virtio_net_hdr.csum_offset` for TCP).
@@ -45,6 +46,9 @@ pub const MAX_COALESCED_IP_LEN: usize = 65_535;
 const SLOT_BYTES: usize = 18 + MAX_COALESCED_IP_LEN;
 
 const IPV6_HEADER_LEN: usize = 40;
+const UDP_HEADER_LEN: usize = 8;
+/// Offset of the checksum field in a UDP header (`csum_offset` for UDP).
+const UDP_CSUM_OFFSET: u16 = 6;
 
 /// Why a frame from the TAP could not be segmented or checksummed. The data plane drops such a
 /// frame and counts it (`drop.bad_gso`).
@@ -68,30 +72,48 @@ pub enum OffloadError {
     NoRoom,
 }
 
-/// Where the headers of an Ethernet + IP + TCP frame are.
+/// Where the headers of an Ethernet + IP + TCP (or UDP) frame are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TcpLayout {
+struct L4Layout {
     /// Offset of the IP header (14, or 18 with an 802.1Q tag).
     l3: usize,
-    /// Offset of the TCP header.
+    /// Offset of the TCP/UDP header.
     l4: usize,
-    /// Offset of the TCP payload (= all headers' length).
+    /// Offset of the TCP/UDP payload (= all headers' length).
     payload: usize,
     /// End of the IP packet (Ethernet padding after it is ignored).
     end: usize,
     /// IPv6 (else IPv4).
     v6: bool,
+    /// UDP (else TCP).
+    udp: bool,
+}
+
+impl L4Layout {
+    fn protocol(&self) -> u8 {
+        if self.udp {
+            ip_protocol::UDP
+        } else {
+            ip_protocol::TCP
+        }
+    }
 }
 
 /// Parses Ethernet (optionally 802.1Q) + IPv4 (unfragmented) or IPv6 (TCP as next header) + TCP.
-fn parse_tcp(frame: &[u8]) -> Option<TcpLayout> {
+fn parse_tcp(frame: &[u8]) -> Option<L4Layout> {
+    parse_l4(frame).filter(|l| !l.udp)
+}
+
+/// [`parse_tcp`], or the same with UDP (whose length field must match the IP packet's).
+fn parse_l4(frame: &[u8]) -> Option<L4Layout> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let l3 = eth.header_len();
     let ip = frame.get(l3..)?;
     let (l4, end, v6) = match eth.ethertype() {
         EtherType::IPV4 => {
             let ip = Ipv4Packet::new_checked(ip).ok()?;
-            if ip.next_header() != ip_protocol::TCP || ip.is_fragment() {
+            if !matches!(ip.next_header(), ip_protocol::TCP | ip_protocol::UDP) || ip.is_fragment()
+            {
                 return None;
             }
             (
@@ -102,7 +124,7 @@ fn parse_tcp(frame: &[u8]) -> Option<TcpLayout> {
         }
         EtherType::IPV6 => {
             let ip = Ipv6Packet::new_checked(ip).ok()?;
-            if ip.next_header() != ip_protocol::TCP {
+            if !matches!(ip.next_header(), ip_protocol::TCP | ip_protocol::UDP) {
                 return None;
             }
             let l4 = l3 + IPV6_HEADER_LEN;
@@ -110,22 +132,33 @@ fn parse_tcp(frame: &[u8]) -> Option<TcpLayout> {
         }
         _ => return None,
     };
-    let tcp = TcpPacket::new_checked(frame.get(l4..end)?).ok()?;
-    Some(TcpLayout {
+    let segment = frame.get(l4..end)?;
+    let udp = frame.get(l3 + if v6 { 6 } else { 9 }) == Some(&ip_protocol::UDP);
+    let header_len = if udp {
+        let datagram = UdpPacket::new_checked(segment).ok()?;
+        if usize::from(datagram.len()) != segment.len() {
+            return None;
+        }
+        UDP_HEADER_LEN
+    } else {
+        TcpPacket::new_checked(segment).ok()?.header_len()
+    };
+    Some(L4Layout {
         l3,
         l4,
-        payload: l4 + tcp.header_len(),
+        payload: l4 + header_len,
         end,
         v6,
+        udp,
     })
 }
 
-fn ipv4_addrs(frame: &[u8], layout: &TcpLayout) -> (Ipv4Addr, Ipv4Addr) {
+fn ipv4_addrs(frame: &[u8], layout: &L4Layout) -> (Ipv4Addr, Ipv4Addr) {
     let ip = Ipv4Packet::new_unchecked(&frame[layout.l3..]);
     (ip.src_addr(), ip.dst_addr())
 }
 
-fn ipv6_addrs(frame: &[u8], layout: &TcpLayout) -> (Ipv6Addr, Ipv6Addr) {
+fn ipv6_addrs(frame: &[u8], layout: &L4Layout) -> (Ipv6Addr, Ipv6Addr) {
     let ip = Ipv6Packet::new_unchecked(&frame[layout.l3..]);
     (ip.src_addr(), ip.dst_addr())
 }
@@ -601,22 +634,23 @@ pub struct CoalescerStats {
     pub frames_out: u64,
     /// Super-frames built from two or more segments.
     pub super_frames: u64,
-    /// TCP segments whose checksum vxnet found wrong (passed on alone, unmerged, for the kernel
-    /// to drop).
+    /// TCP segments and UDP datagrams whose checksum vxnet found wrong (passed on alone,
+    /// unmerged, for the kernel to drop).
     pub bad_checksum: u64,
 }
 
-/// The identity of a TCP flow: addresses and ports (the rest is compared byte by byte).
+/// The identity of a TCP or UDP flow: addresses and ports (the rest is compared byte by byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct FlowKey {
     tag: Vni,
     v6: bool,
+    udp: bool,
     addrs: [u8; 32],
     ports: [u8; 4],
 }
 
 impl FlowKey {
-    fn of(tag: Vni, frame: &[u8], layout: &TcpLayout) -> FlowKey {
+    fn of(tag: Vni, frame: &[u8], layout: &L4Layout) -> FlowKey {
         let mut addrs = [0u8; 32];
         if layout.v6 {
             addrs.copy_from_slice(&frame[layout.l3 + 8..layout.l3 + 40]);
@@ -628,6 +662,7 @@ impl FlowKey {
         FlowKey {
             tag,
             v6: layout.v6,
+            udp: layout.udp,
             addrs,
             ports,
         }
@@ -642,7 +677,7 @@ pub const MAX_TAIL_SEGMENTS: usize = 63;
 struct Slot {
     active: bool,
     key: FlowKey,
-    layout: TcpLayout,
+    layout: L4Layout,
     /// The first segment, copied: headers (fixed up by `finish`) and its payload.
     buf: Box<[u8]>,
     /// Bytes of `buf` in use.
@@ -664,12 +699,13 @@ impl Slot {
         Slot {
             active: false,
             key: FlowKey::default(),
-            layout: TcpLayout {
+            layout: L4Layout {
                 l3: 0,
                 l4: 0,
                 payload: 0,
                 end: 0,
                 v6: false,
+                udp: false,
             },
             buf: vec![0u8; SLOT_BYTES].into_boxed_slice(),
             head_len: 0,
@@ -699,7 +735,7 @@ impl Slot {
     }
 
     /// Everything but lengths, IPv4 ident and checksums, sequence number, window and PSH equal;
-    /// in sequence; not after a short segment; within 64 KiB and [`MAX_TAIL_SEGMENTS`].
+    /// in sequence (TCP); not after a short segment; within 64 KiB and [`MAX_TAIL_SEGMENTS`].
     fn can_append(&self, frame: &[u8], seg: &Candidate) -> bool {
         let (a, b, l) = (&self.buf[..], frame, &self.layout);
         if self.closed
@@ -707,7 +743,7 @@ impl Slot {
             || seg.layout.l3 != l.l3
             || seg.layout.l4 != l.l4
             || seg.layout.payload != l.payload
-            || seg.seq != self.next_seq
+            || (!l.udp && seg.seq != self.next_seq)
             || seg.payload_len > self.gso_size
             || self.len - l.l3 + seg.payload_len > MAX_COALESCED_IP_LEN
         {
@@ -721,26 +757,28 @@ impl Slot {
             // version/IHL, TOS; flags/fragment, TTL, protocol; addresses
             same(l.l3..l.l3 + 2) && same(l.l3 + 6..l.l3 + 10) && same(l.l3 + 12..l.l3 + 20)
         };
-        ip_same
-            && same(0..l.l3)
-            // ports; ack number, data offset; urgent pointer and options
-            && same(l.l4..l.l4 + 4)
-            && same(l.l4 + 8..l.l4 + 13)
-            && same(l.l4 + 18..l.payload)
+        // UDP: ports (length and checksum differ).
+        let l4_same = same(l.l4..l.l4 + 4)
+            // TCP: ack number, data offset; urgent pointer and options
+            && (l.udp || (same(l.l4 + 8..l.l4 + 13) && same(l.l4 + 18..l.payload)));
+        ip_same && same(0..l.l3) && l4_same
     }
 
-    /// Appends `seg` (which [`Slot::can_append`] accepted, received at `at`) if its TCP checksum
-    /// verifies; otherwise leaves the slot as it was. Only the payload's place is kept.
+    /// Appends `seg` (which [`Slot::can_append`] accepted, received at `at`) if its checksum
+    /// verifies (a UDP/IPv4 datagram without checksum has none to verify); otherwise leaves the
+    /// slot as it was. Only the payload's place is kept.
     fn append_verified(&mut self, frame: &[u8], at: Origin, seg: &Candidate) -> bool {
         let l = self.layout;
         let payload = &frame[l.payload..seg.layout.end];
-        let sum = tcp_sum_with_payload(
-            seg.pseudo_header(frame),
-            &frame[l.l4..l.payload],
-            checksum_sum(payload),
-        );
-        if checksum::fold(u32::from(sum)) != 0 {
-            return false;
+        if !seg.unchecked_udp(frame) {
+            let sum = tcp_sum_with_payload(
+                seg.pseudo_header(frame),
+                &frame[l.l4..l.payload],
+                checksum_sum(payload),
+            );
+            if checksum::fold(u32::from(sum)) != 0 {
+                return false;
+            }
         }
         // Frames are at most 64 KiB and their offsets within a receive buffer: these fit u32.
         self.tail[self.tail_count] = Span {
@@ -752,8 +790,10 @@ impl Slot {
         self.len += payload.len();
         self.segments += 1;
         self.next_seq = self.next_seq.wrapping_add(payload.len() as u32);
-        // The latest window advertisement wins.
-        self.buf[l.l4 + 14..l.l4 + 16].copy_from_slice(&frame[l.l4 + 14..l.l4 + 16]);
+        if !l.udp {
+            // The latest window advertisement wins.
+            self.buf[l.l4 + 14..l.l4 + 16].copy_from_slice(&frame[l.l4 + 14..l.l4 + 16]);
+        }
         if seg.psh {
             self.buf[l.l4 + 13] |= tcp_flags::PSH;
             self.closed = true;
@@ -768,56 +808,74 @@ impl Slot {
     fn finish(&mut self) -> VirtioNetHdrRepr {
         let l = self.layout;
         let ip_len = self.len - l.l3;
-        let tcp_len = self.len - l.l4;
+        let l4_len = self.len - l.l4;
         let frame = &mut self.buf[..self.head_len];
         // Lengths fit 16 bits: `can_append` kept the IP packet within MAX_COALESCED_IP_LEN.
         let pseudo = if l.v6 {
             let mut ip = Ipv6Packet::new_unchecked(&mut frame[l.l3..]);
             ip.set_payload_len((ip_len - IPV6_HEADER_LEN) as u16);
             let (src, dst) = (ip.src_addr(), ip.dst_addr());
-            checksum::pseudo_header_v6(&src, &dst, ip_protocol::TCP, tcp_len as u32)
+            checksum::pseudo_header_v6(&src, &dst, l.protocol(), l4_len as u32)
         } else {
             let mut ip = Ipv4Packet::new_unchecked(&mut frame[l.l3..]);
             ip.set_total_len(ip_len as u16);
             ip.fill_checksum();
             let (src, dst) = (ip.src_addr(), ip.dst_addr());
-            checksum::pseudo_header_v4(src, dst, ip_protocol::TCP, tcp_len as u32)
+            checksum::pseudo_header_v4(src, dst, l.protocol(), l4_len as u32)
         };
         // NEEDS_CSUM: the field holds the pseudo-header sum, folded and not inverted.
-        TcpPacket::new_unchecked(&mut frame[l.l4..]).set_checksum(checksum::combine(&[pseudo]));
+        let partial = checksum::combine(&[pseudo]).to_be_bytes();
+        let (gso, csum_offset) = if l.udp {
+            // The UDP length covers the whole super-frame; the kernel splits it per datagram.
+            frame[l.l4 + 4..l.l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            (gso_type::UDP_L4, UDP_CSUM_OFFSET)
+        } else if l.v6 {
+            (gso_type::TCPV6, TCP_CSUM_OFFSET)
+        } else {
+            (gso_type::TCPV4, TCP_CSUM_OFFSET)
+        };
+        let at = l.l4 + usize::from(csum_offset);
+        frame[at..at + 2].copy_from_slice(&partial);
         VirtioNetHdrRepr {
             flags: vnet_flags::NEEDS_CSUM,
-            gso_type: if l.v6 {
-                gso_type::TCPV6
-            } else {
-                gso_type::TCPV4
-            },
+            gso_type: gso,
             hdr_len: l.payload as u16,
             gso_size: self.gso_size as u16,
             csum_start: l.l4 as u16,
-            csum_offset: TCP_CSUM_OFFSET,
+            csum_offset,
         }
     }
 }
 
-/// A parsed TCP frame.
+/// A parsed TCP segment or UDP datagram.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
-    layout: TcpLayout,
+    layout: L4Layout,
+    /// TCP sequence number (0 for UDP).
     seq: u32,
     payload_len: usize,
     psh: bool,
-    /// Data with plain ACK (PSH allowed) flags, IPv4 without options: may be merged.
+    /// IPv4 without options (or IPv6), with payload; for TCP, data with plain ACK (PSH allowed)
+    /// flags: may be merged.
     mergeable: bool,
 }
 
 impl Candidate {
     fn parse(frame: &[u8]) -> Option<Candidate> {
-        let layout = parse_tcp(frame)?;
-        let tcp = TcpPacket::new_unchecked(&frame[layout.l4..layout.end]);
-        let flags = tcp.flags();
+        let layout = parse_l4(frame)?;
         let payload_len = layout.end - layout.payload;
         let ipv4_plain = layout.v6 || layout.l4 - layout.l3 == Ipv4Packet::<&[u8]>::HEADER_LEN;
+        if layout.udp {
+            return Some(Candidate {
+                layout,
+                seq: 0,
+                payload_len,
+                psh: false,
+                mergeable: ipv4_plain && payload_len > 0,
+            });
+        }
+        let tcp = TcpPacket::new_unchecked(&frame[layout.l4..layout.end]);
+        let flags = tcp.flags();
         Some(Candidate {
             layout,
             seq: tcp.seq_number(),
@@ -827,28 +885,43 @@ impl Candidate {
         })
     }
 
-    /// The TCP pseudo-header sum of this segment.
+    /// The TCP/UDP pseudo-header sum of this segment.
     fn pseudo_header(&self, frame: &[u8]) -> u32 {
         let l = &self.layout;
-        let tcp_len = (l.end - l.l4) as u32;
+        let l4_len = (l.end - l.l4) as u32;
         if l.v6 {
             let (src, dst) = ipv6_addrs(frame, l);
-            checksum::pseudo_header_v6(&src, &dst, ip_protocol::TCP, tcp_len)
+            checksum::pseudo_header_v6(&src, &dst, l.protocol(), l4_len)
         } else {
             let (src, dst) = ipv4_addrs(frame, l);
-            checksum::pseudo_header_v4(src, dst, ip_protocol::TCP, tcp_len)
+            checksum::pseudo_header_v4(src, dst, l.protocol(), l4_len)
         }
+    }
+
+    /// A UDP/IPv4 datagram sent without checksum (field 0): nothing to verify (RFC 768). Over
+    /// IPv6 a zero UDP checksum is invalid, and verification fails as it should.
+    fn unchecked_udp(&self, frame: &[u8]) -> bool {
+        let l = &self.layout;
+        l.udp && !l.v6 && frame[l.l4 + 6..l.l4 + 8] == [0, 0]
     }
 
     fn checksum_ok(&self, frame: &[u8]) -> bool {
         let l = &self.layout;
-        tcp_checksum_ok(&frame[l.l4..l.end], self.pseudo_header(frame))
+        self.unchecked_udp(frame) || tcp_checksum_ok(&frame[l.l4..l.end], self.pseudo_header(frame))
     }
 }
 
 /// Merges consecutive in-order TCP segments of a flow into super-frames (software GRO for the
 /// TAP), within one receive batch: [`Coalescer::push`] each decapsulated frame, then
 /// [`Coalescer::flush`] at the end of the batch, so no frame waits for the next one.
+///
+/// UDP datagrams of one flow (same headers but for IP length, ident and checksum and UDP length
+/// and checksum) are merged the same way while they have the first one's payload size (a
+/// shorter one ends the super-frame), into a `gso_type` UDP_L4 super-frame with `NEEDS_CSUM`:
+/// the kernel splits it back into the same datagrams (in the receiving socket, or on the way
+/// out of a forwarding container), so a stream of small datagrams costs one TAP write per batch
+/// instead of one per datagram. Each datagram's checksum is verified first (IPv4 datagrams sent
+/// without one have none to verify).
 ///
 /// A segment is merged when its flow (tag, addresses, ports) has a super-frame in progress whose
 /// Ethernet, IP and TCP headers equal its own except lengths, IPv4 ident and checksum, sequence
@@ -870,6 +943,7 @@ pub struct Coalescer {
     slots: Vec<Slot>,
     next_evict: usize,
     stats: CoalescerStats,
+    merge_udp: bool,
 }
 
 impl Coalescer {
@@ -882,7 +956,14 @@ impl Coalescer {
             slots: (0..slots.max(1)).map(|_| Slot::new()).collect(),
             next_evict: 0,
             stats: CoalescerStats::default(),
+            merge_udp: true,
         }
+    }
+
+    /// Whether UDP datagrams are merged (into `gso_type` UDP_L4 super-frames); on by default.
+    /// Off for a TAP whose kernel refuses UDP_L4 writes: UDP then passes one datagram per frame.
+    pub fn set_merge_udp(&mut self, merge: bool) {
+        self.merge_udp = merge;
     }
 
     /// Counters since creation.
@@ -905,7 +986,7 @@ impl Coalescer {
         emit: &mut F,
     ) {
         self.stats.frames_in += 1;
-        let Some(seg) = Candidate::parse(frame) else {
+        let Some(seg) = Candidate::parse(frame).filter(|c| self.merge_udp || !c.layout.udp) else {
             self.emit_alone(tag, frame, 0, emit);
             return;
         };

@@ -658,14 +658,19 @@ fn stays_within_64_kib() {
     assert_eq!(segments_of(&out), [45, 45, 10]);
 }
 
-#[test]
-fn passes_non_tcp_through() {
-    let mut udp = Vec::new();
+/// A UDP/IPv4 datagram of `len` payload bytes (filled with `fill`), checksummed by etherparse.
+fn udp4(len: usize, fill: u8) -> Vec<u8> {
+    let mut f = Vec::new();
     PacketBuilder::ethernet2(MAC_A, MAC_B)
         .ipv4(IP_A, IP_B, 64)
         .udp(1, 2)
-        .write(&mut udp, &[7; 100])
+        .write(&mut f, &vec![fill; len])
         .unwrap();
+    f
+}
+
+#[test]
+fn passes_other_frames_through() {
     let arp = {
         let mut f = vec![0xff; 6];
         f.extend_from_slice(&MAC_A);
@@ -673,10 +678,66 @@ fn passes_non_tcp_through() {
         f.extend_from_slice(&[0; 28]);
         f
     };
-    let (out, c) = run(&[udp.clone(), arp.clone(), vec![1, 2, 3]]);
+    let mut bad_udp = udp4(100, 7);
+    bad_udp[40] ^= 0xff; // the UDP checksum
+    let (out, c) = run(&[arp.clone(), vec![1, 2, 3], bad_udp.clone()]);
     assert_eq!(out.len(), 3);
-    assert_eq!(out[0].1, udp);
-    assert_eq!(out[1].1, arp);
+    assert_eq!(out[0].1, arp);
+    assert_eq!(out[1].1, vec![1, 2, 3]);
+    assert_eq!(
+        out[2].1, bad_udp,
+        "unverified: alone, for the kernel to drop"
+    );
     assert!(out.iter().all(|o| o.0 == VirtioNetHdrRepr::default()));
     assert_eq!(c.stats().frames_out, 3);
+    assert_eq!(c.stats().bad_checksum, 1);
+}
+
+/// Equal-sized datagrams of one UDP flow become one UDP_L4 super-frame: one header (lengths
+/// covering everything, partial checksum), the payloads back to back; the kernel splits it at
+/// `gso_size` into the same datagrams. A shorter datagram ends it.
+#[test]
+fn coalesces_udp_datagrams_of_one_flow() {
+    let sizes = [100, 100, 100, 100, 40];
+    let frames: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| udp4(n, i as u8))
+        .collect();
+    let (out, c) = run(&frames);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (vnet, frame, n) = &out[0];
+    assert_eq!(*n, 5);
+    assert_eq!(
+        *vnet,
+        VirtioNetHdrRepr {
+            flags: vnet_flags::NEEDS_CSUM,
+            gso_type: gso_type::UDP_L4,
+            hdr_len: 42,
+            gso_size: 100,
+            csum_start: 34,
+            csum_offset: 6,
+        }
+    );
+    let payload: Vec<u8> = frames.iter().flat_map(|f| f[42..].to_vec()).collect();
+    assert_eq!(&frame[42..], &payload[..]);
+    let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!(usize::from(ip.total_len()), frame.len() - 14);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([frame[38], frame[39]])),
+        frame.len() - 34,
+        "UDP length"
+    );
+    assert_eq!(c.stats().super_frames, 1);
+
+    // Without checksums (IPv4 allows 0) the datagrams merge as well; a larger one does not.
+    let mut unchecked: Vec<Vec<u8>> = (0..3).map(|i| udp4(100, i)).collect();
+    unchecked.push(udp4(300, 9));
+    for f in &mut unchecked {
+        f[40..42].copy_from_slice(&[0, 0]);
+    }
+    let (out, _) = run(&unchecked);
+    assert_eq!(segments_of(&out), vec![3, 1]);
+    assert_eq!(out[1].1, unchecked[3]);
 }

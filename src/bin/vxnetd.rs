@@ -59,7 +59,8 @@ struct Flags {
     #[arg(long, value_enum)]
     offload: Option<vxnet::config::Offload>,
     /// Microseconds a data plane worker keeps polling after its last packet before it sleeps,
-    /// at most 80% of its time [default: 100]; 0 sleeps at once (least CPU, more latency).
+    /// at most 80% of its time, and only while traffic is sparse (bulk streams never poll)
+    /// [default: 100]; 0 sleeps at once (least CPU, more latency).
     #[arg(long, value_name = "MICROSECONDS")]
     busy_poll: Option<u64>,
 }

@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use vxnet_dataplane::offload::{
     CoalescedFrame, Coalescer, Origin, SegmentBatch, complete_checksum, segment_tcp,
 };
+use vxnet_dataplane::wire::virtio_net_hdr::gso_type;
 use vxnet_dataplane::wire::{
     ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, Icmpv4Packet, Icmpv4Repr,
     Icmpv6Packet, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, MacAddr, NdiscNeighborAdvertRepr,
@@ -415,6 +416,35 @@ pub fn virtio_net_hdr(data: &[u8]) {
 /// Whether `frame` is Ethernet + IPv4/IPv6 + TCP with valid IPv4 header and TCP checksums, and
 /// no bytes after the IP packet.
 fn tcp_frame_valid(frame: &[u8]) -> bool {
+    tcp_or_udp_frame_valid(frame, false)
+}
+
+/// [`tcp_frame_valid`], or with `udp` a UDP super-frame's headers: IPv4 header checksum, IP and
+/// UDP lengths covering the whole frame (its checksum field holds a partial sum).
+fn tcp_or_udp_frame_valid(frame: &[u8], udp: bool) -> bool {
+    if udp {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return false;
+        };
+        let (ip_ok, l4) = match eth.ethertype() {
+            EtherType::IPV4 => match Ipv4Packet::new_checked(eth.payload()) {
+                Ok(ip) => (
+                    ip.verify_checksum() && usize::from(ip.total_len()) == eth.payload().len(),
+                    &eth.payload()[ip.header_len()..],
+                ),
+                Err(_) => return false,
+            },
+            EtherType::IPV6 => match Ipv6Packet::new_checked(eth.payload()) {
+                Ok(ip) => (
+                    40 + usize::from(ip.payload_len()) == eth.payload().len(),
+                    &eth.payload()[40..],
+                ),
+                Err(_) => return false,
+            },
+            _ => return false,
+        };
+        return ip_ok && UdpPacket::new_checked(l4).is_ok_and(|u| usize::from(u.len()) == l4.len());
+    }
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return false;
     };
@@ -499,7 +529,16 @@ pub fn offload_coalesce(data: &[u8]) {
         segments += f.segments;
         let whole = f.to_vec(&frames);
         assert_eq!(whole.len(), f.len());
-        if f.segments > 1 {
+        if f.segments > 1 && f.vnet.gso_type == gso_type::UDP_L4 {
+            // UDP: one header, then `segments` payloads of gso_size bytes (the last may be less).
+            assert!(
+                tcp_or_udp_frame_valid(&whole, true),
+                "UDP super-frame headers"
+            );
+            let payload = whole.len() - usize::from(f.vnet.hdr_len);
+            let per = usize::from(f.vnet.gso_size);
+            assert_eq!(payload.div_ceil(per), f.segments);
+        } else if f.segments > 1 {
             segment_tcp(&f.vnet, &whole, &mut batch).expect("a super-frame segments");
             assert_eq!(batch.len(), f.segments, "splits back into its segments");
             for i in 0..batch.len() {

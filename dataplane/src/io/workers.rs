@@ -516,7 +516,13 @@ impl Worker {
             let rx = &bufs.rx;
             // Merged payloads are written from `rx` itself, which stays untouched until the
             // coalescer's flush below.
-            let mut emit = |frame: CoalescedFrame<'_>| self.write_coalesced(&taps, rx, frame);
+            let udp_refused = std::cell::Cell::new(false);
+            let mut emit = |frame: CoalescedFrame<'_>| {
+                if self.write_coalesced(&taps, rx, frame) && frame.vnet.gso_type == gso_type::UDP_L4
+                {
+                    udp_refused.set(true);
+                }
+            };
             for (index, (buf, meta)) in rx.iter().zip(&bufs.metas[..received]).enumerate() {
                 if meta.truncated {
                     self.stats.count_drop(DropReason::MalformedInner);
@@ -558,6 +564,10 @@ impl Worker {
             // Never hold a frame across receive batches.
             if let Some(coalescer) = coalescer {
                 coalescer.flush(&mut emit);
+                if udp_refused.get() {
+                    // A kernel without UDP_L4 from TAP writers: datagrams go one by one.
+                    coalescer.set_merge_udp(false);
+                }
             }
             if received < RX_BATCH {
                 return datagrams;
@@ -625,11 +635,13 @@ impl Worker {
 
     /// Writes a frame from the coalescer to its network's TAP in one gathered write: the vnet
     /// header, the coalescer's head, and the merged payloads where they were received (`rx`).
-    fn write_coalesced(&self, taps: &TapTable, rx: &[Vec<u8>], out: CoalescedFrame<'_>) {
+    /// Returns true if the TAP refused it as invalid (`EINVAL`: e.g. a `gso_type` this kernel
+    /// does not take from a TAP writer). Failures are counted.
+    fn write_coalesced(&self, taps: &TapTable, rx: &[Vec<u8>], out: CoalescedFrame<'_>) -> bool {
         let segments = out.segments as u64;
         let Some(tap) = taps.get(&out.tag).and_then(|t| t.queues.get(self.index)) else {
             self.stats.count_drops(DropReason::UnknownNetwork, segments);
-            return;
+            return false;
         };
         let vnet = offload::encode_vnet(&out.vnet);
         let mut iov = [IoSlice::new(&[]); 2 + offload::MAX_TAIL_SEGMENTS];
@@ -639,8 +651,12 @@ impl Worker {
             *slot = IoSlice::new(span.resolve(rx));
         }
         let pieces = 2 + out.tail.len().min(offload::MAX_TAIL_SEGMENTS);
-        if tap.writev(&iov[..pieces]).is_err() {
-            self.stats.count_drops(DropReason::TapWriteError, segments);
+        match tap.writev(&iov[..pieces]) {
+            Ok(_) => false,
+            Err(e) => {
+                self.stats.count_drops(DropReason::TapWriteError, segments);
+                e.raw_os_error() == Some(libc::EINVAL)
+            }
         }
     }
 
