@@ -31,15 +31,6 @@ fn link_bytes(ns: &str, dev: &str) -> (u64, u64) {
     )
 }
 
-fn assert_ping(cluster: &Cluster, from: &str, to: &str, count: u32, extra: &str) {
-    let out = cluster.ping(from, to, count, extra);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains(&format!("{count} received")),
-        "ping {from} → {to} {extra}: {text}"
-    );
-}
-
 /// vxnet on h1 and a kernel VXLAN on h2 in one segment: ping, full-MTU DF ping and a 32 MiB TCP
 /// stream each way, sha256 equal on both ends.
 #[test]
@@ -136,15 +127,15 @@ fn kernel_vxlan_interop() {
             .success()
             .then_some(())
     });
-    assert_ping(&cluster, &c1, KERNEL_IP, 5, "");
+    cluster.assert_ping(&c1, KERNEL_IP, 5, "");
     // The kernel side resolves c1 with a real ARP broadcast, flooded by vx0 to h1.
     sh(&format!("ip -n {c2} neigh flush all"));
-    assert_ping(&cluster, &c2, &ip1, 5, "");
+    cluster.assert_ping(&c2, &ip1, 5, "");
     let neigh = sh(&format!("ip -n {c2} neigh show {ip1}"));
     assert!(neigh.contains(&mac1), "c2 learned c1's MAC by ARP: {neigh}");
     // Full-size packets with DF set fit both ways: 1450 − 28 = 1422 bytes of ICMP payload.
-    assert_ping(&cluster, &c1, KERNEL_IP, 3, "-M do -s 1422");
-    assert_ping(&cluster, &c2, &ip1, 3, "-M do -s 1422");
+    cluster.assert_ping(&c1, KERNEL_IP, 3, "-M do -s 1422");
+    cluster.assert_ping(&c2, &ip1, 3, "-M do -s 1422");
 
     let bytes = 32usize << 20;
     let t = Instant::now();

@@ -52,19 +52,6 @@ fn connect(cluster: &mut Cluster, network: &str, host: usize) -> Ct {
     Ct { ns, host, ip, mac }
 }
 
-fn vni_of(agent: &Agent, network: &str) -> u32 {
-    let out = agent.vxnet(&[
-        "network",
-        "inspect",
-        "-f",
-        r#"{{index .Options "com.docker.network.driver.overlay.vxlanid_list"}}"#,
-        network,
-    ]);
-    out.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("VNI of {network}: {out:?}"))
-}
-
 /// Three hosts, networks A (h1, h2) and B (h1, h2, h3). Same-network pings work; a container
 /// on A with an on-link route and a permanent neighbour entry for each container of B (same
 /// host, a host that also serves A, a host that does not) reaches none of them; captures in the
@@ -85,8 +72,8 @@ fn networks_are_isolated() {
     cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.53.0.0/24", "neta"]);
     cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.54.0.0/24", "netb"]);
     let (vni_a, vni_b) = (
-        vni_of(&cluster.agents[0], "neta"),
-        vni_of(&cluster.agents[0], "netb"),
+        cluster.agents[0].vni_of("neta"),
+        cluster.agents[0].vni_of("netb"),
     );
     assert_ne!(vni_a, vni_b);
     let a1 = connect(&mut cluster, "neta", 0);

@@ -112,17 +112,7 @@ fn mtu_and_path_mtu_discovery() {
     cluster.agents[1].vxnet(&["network", "connect", "mtunet", &c2]);
     let ip1: Ipv4Addr = cluster.ipv4_of(&c1, "eth0").parse().unwrap();
     let ip2: Ipv4Addr = cluster.ipv4_of(&c2, "eth0").parse().unwrap();
-    let vni = cluster.agents[0]
-        .vxnet(&[
-            "network",
-            "inspect",
-            "-f",
-            r#"{{index .Options "com.docker.network.driver.overlay.vxlanid_list"}}"#,
-            "mtunet",
-        ])
-        .trim()
-        .to_string();
-    let vni: u32 = vni.parse().unwrap_or_else(|_| panic!("VNI: {vni:?}"));
+    let vni = cluster.agents[0].vni_of("mtunet");
 
     // The MTUs the agent chose, measured on the links.
     let h1 = cluster.host_ns(0).to_string();

@@ -50,26 +50,8 @@ fn avg(after: (u64, u64), before: (u64, u64)) -> u64 {
 /// ping. Returns (c1, c2, ip1, ip2, tap name).
 fn two_containers(cluster: &mut Cluster) -> (String, String, String, String, String) {
     let Pair { c1, c2, ip1, ip2 } = cluster.pair_on_network("blue", "10.60.0.0/24");
-    let vni = cluster.agents[0]
-        .vxnet(&[
-            "network",
-            "inspect",
-            "-f",
-            r#"{{index .Options "com.docker.network.driver.overlay.vxlanid_list"}}"#,
-            "blue",
-        ])
-        .trim()
-        .to_string();
+    let vni = cluster.agents[0].vni_of("blue");
     (c1, c2, ip1, ip2, format!("vxt-{vni}"))
-}
-
-fn assert_ping(cluster: &Cluster, from: &str, to: &str, count: u32, extra: &str) {
-    let out = cluster.ping(from, to, count, extra);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains(&format!("{count} received")),
-        "ping {from} → {to} {extra}: {text}"
-    );
 }
 
 fn assert_transfer(cluster: &Cluster, from: &str, to: &str, to_ip: &str, bytes: usize) -> f64 {
@@ -144,9 +126,9 @@ fn offload_on_streams_super_frames() {
         cluster.host_ns(0).to_string(),
         cluster.host_ns(1).to_string(),
     );
-    assert_ping(&cluster, &c1, &ip2, 3, "");
-    assert_ping(&cluster, &c2, &ip1, 3, "");
-    assert_ping(&cluster, &c1, &ip2, 3, "-M do -s 1422");
+    cluster.assert_ping(&c1, &ip2, 3, "");
+    cluster.assert_ping(&c2, &ip1, 3, "");
+    cluster.assert_ping(&c1, &ip2, 3, "-M do -s 1422");
 
     let (tx0, rx0) = (tap_counters(&h1, &tap), tap_counters(&h2, &tap));
     let secs = assert_transfer(&cluster, &c1, &c2, &ip2, 256 << 20);
@@ -194,7 +176,7 @@ fn offload_on_streams_super_frames() {
         );
     }
     // Ping still works after the streams.
-    assert_ping(&cluster, &c2, &ip1, 3, "");
+    cluster.assert_ping(&c2, &ip1, 3, "");
 }
 
 /// A sink and a source over IPv6 (the overlay carries any L2 traffic):
@@ -471,9 +453,9 @@ fn offload_off_plain_path() {
     );
     let (c1, c2, ip1, ip2, tap) = two_containers(&mut cluster);
     let h1 = cluster.host_ns(0).to_string();
-    assert_ping(&cluster, &c1, &ip2, 3, "");
-    assert_ping(&cluster, &c2, &ip1, 3, "");
-    assert_ping(&cluster, &c1, &ip2, 3, "-M do -s 1422");
+    cluster.assert_ping(&c1, &ip2, 3, "");
+    cluster.assert_ping(&c2, &ip1, 3, "");
+    cluster.assert_ping(&c1, &ip2, 3, "-M do -s 1422");
     let tx0 = tap_counters(&h1, &tap);
     assert_transfer(&cluster, &c1, &c2, &ip2, 16 << 20);
     let tx1 = tap_counters(&h1, &tap);

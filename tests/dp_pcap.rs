@@ -141,17 +141,7 @@ fn connect(cluster: &Cluster, name: &str, c1: &str, c2: &str) -> (Ipv4Addr, Ipv4
 /// Reads the VNI, endpoints and member VTEPs from the CLI, and the underlay's MACs.
 fn expected(cluster: &Cluster, name: &str, strict_bridges: bool) -> Expected {
     let agent = &cluster.agents[0];
-    let vni: u32 = agent
-        .vxnet(&[
-            "network",
-            "inspect",
-            "-f",
-            r#"{{index .Options "com.docker.network.driver.overlay.vxlanid_list"}}"#,
-            name,
-        ])
-        .trim()
-        .parse()
-        .expect("VNI");
+    let vni = agent.vni_of(name);
     let inspect: serde_json::Value =
         serde_json::from_str(&agent.vxnet(&["network", "inspect", name])).expect("inspect JSON");
     let containers = inspect[0]["Containers"].as_object().expect("Containers");

@@ -109,31 +109,37 @@ fn parse_l4(frame: &[u8]) -> Option<L4Layout> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let l3 = eth.header_len();
     let ip = frame.get(l3..)?;
-    let (l4, end, v6) = match eth.ethertype() {
+    let (l4, end, v6, protocol) = match eth.ethertype() {
         EtherType::IPV4 => {
             let ip = Ipv4Packet::new_checked(ip).ok()?;
-            if !matches!(ip.next_header(), ip_protocol::TCP | ip_protocol::UDP) || ip.is_fragment()
-            {
+            if ip.is_fragment() {
                 return None;
             }
             (
                 l3 + ip.header_len(),
                 l3 + usize::from(ip.total_len()),
                 false,
+                ip.next_header(),
             )
         }
         EtherType::IPV6 => {
             let ip = Ipv6Packet::new_checked(ip).ok()?;
-            if !matches!(ip.next_header(), ip_protocol::TCP | ip_protocol::UDP) {
-                return None;
-            }
             let l4 = l3 + IPV6_HEADER_LEN;
-            (l4, l4 + usize::from(ip.payload_len()), true)
+            (
+                l4,
+                l4 + usize::from(ip.payload_len()),
+                true,
+                ip.next_header(),
+            )
         }
         _ => return None,
     };
+    let udp = match protocol {
+        ip_protocol::UDP => true,
+        ip_protocol::TCP => false,
+        _ => return None,
+    };
     let segment = frame.get(l4..end)?;
-    let udp = frame.get(l3 + if v6 { 6 } else { 9 }) == Some(&ip_protocol::UDP);
     let header_len = if udp {
         let datagram = UdpPacket::new_checked(segment).ok()?;
         if usize::from(datagram.len()) != segment.len() {

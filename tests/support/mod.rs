@@ -141,6 +141,20 @@ impl Agent {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The VNI of network `network`, as `vxnet network inspect` reports it.
+    pub fn vni_of(&self, network: &str) -> u32 {
+        let out = self.vxnet(&[
+            "network",
+            "inspect",
+            "-f",
+            r#"{{index .Options "com.docker.network.driver.overlay.vxlanid_list"}}"#,
+            network,
+        ]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("VNI of {network}: {out:?}"))
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
@@ -335,6 +349,16 @@ impl Cluster {
         sh_output(&format!(
             "ip netns exec {ns} ping -n -q -c {count} -i 0.2 -W 2 {extra} {ip}"
         ))
+    }
+
+    /// [`Cluster::ping`] that must get every reply.
+    pub fn assert_ping(&self, from: &str, to: &str, count: u32, extra: &str) {
+        let out = self.ping(from, to, count, extra);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(&format!("{count} received")),
+            "ping {from} → {to} {extra}: {text}"
+        );
     }
 
     /// Names of the links in namespace `ns`.

@@ -288,6 +288,8 @@ fn tunsetiff(name: &str, options: TapOptions) -> Result<(File, String)> {
 /// hand us UDP super-frames (`gso_type` UDP_L4), and vxnet's segmenter
 /// ([`crate::offload::segment_tcp`]) splits TCP only. Without it the kernel segments UDP in
 /// software before the TAP, so UDP frames arrive MTU-sized (with a partial checksum at most).
+/// The other direction needs no flag: the kernel takes UDP_L4 super-frames from a TAP writer
+/// (the [`crate::offload::Coalescer`] merges UDP datagrams into them).
 fn set_offloads(fd: RawFd, name: &str) -> Result<TapOffloads> {
     let bits = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
     // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned int), no pointer.
