@@ -678,6 +678,52 @@ impl FlowKey {
 /// Most segments merged into one super-frame after its first (a slot's [`Span`]s).
 pub const MAX_TAIL_SEGMENTS: usize = 63;
 
+/// Header bytes a slot can compare: Ethernet with one 802.1Q tag, IPv6 and the longest TCP
+/// header (18 + 40 + 60) fit; a frame with longer headers is never merged.
+const HEADER_MASK_LEN: usize = 128;
+
+/// Which header bytes must be equal for a segment to join a super-frame (0xFF) and which may
+/// differ (0): IP lengths, IPv4 ident and checksum; TCP sequence number, flags, window and
+/// checksum; UDP length and checksum. Comparing under one mask costs a few word operations per
+/// segment where field-by-field comparisons cost a `memcmp` call each.
+fn header_mask(l: &L4Layout) -> [u8; HEADER_MASK_LEN] {
+    let mut mask = [0u8; HEADER_MASK_LEN];
+    mask[..l.payload.min(HEADER_MASK_LEN)].fill(0xFF);
+    let mut vary = |from: usize, to: usize| {
+        if let Some(bytes) = mask.get_mut(from..to) {
+            bytes.fill(0);
+        }
+    };
+    if l.v6 {
+        vary(l.l3 + 4, l.l3 + 6); // payload length
+    } else {
+        vary(l.l3 + 2, l.l3 + 6); // total length, ident
+        vary(l.l3 + 10, l.l3 + 12); // header checksum
+    }
+    if l.udp {
+        vary(l.l4 + 4, l.l4 + 8); // length, checksum
+    } else {
+        vary(l.l4 + 4, l.l4 + 8); // sequence number
+        vary(l.l4 + 13, l.l4 + 18); // flags, window, checksum
+    }
+    mask
+}
+
+/// `a` and `b` agree on every byte `mask` selects (all three of one length).
+fn equal_under_mask(a: &[u8], b: &[u8], mask: &[u8]) -> bool {
+    let (a_words, a_rest) = a.as_chunks::<8>();
+    let (b_words, b_rest) = b.as_chunks::<8>();
+    let (m_words, m_rest) = mask.as_chunks::<8>();
+    let mut diff = 0u64;
+    for ((x, y), m) in a_words.iter().zip(b_words).zip(m_words) {
+        diff |= (u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y)) & u64::from_ne_bytes(*m);
+    }
+    for ((x, y), m) in a_rest.iter().zip(b_rest).zip(m_rest) {
+        diff |= u64::from((x ^ y) & m);
+    }
+    diff == 0
+}
+
 /// A super-frame being built.
 #[derive(Debug)]
 struct Slot {
@@ -698,6 +744,8 @@ struct Slot {
     next_seq: u32,
     /// Nothing may be appended (the last segment was short or had PSH).
     closed: bool,
+    /// [`header_mask`] of `layout`.
+    mask: [u8; HEADER_MASK_LEN],
 }
 
 impl Slot {
@@ -722,6 +770,7 @@ impl Slot {
             segments: 0,
             next_seq: 0,
             closed: false,
+            mask: [0; HEADER_MASK_LEN],
         }
     }
 
@@ -738,36 +787,28 @@ impl Slot {
         self.segments = 1;
         self.next_seq = seg.seq.wrapping_add(seg.payload_len as u32);
         self.closed = false;
+        self.mask = header_mask(&layout);
     }
 
     /// Everything but lengths, IPv4 ident and checksums, sequence number, window and PSH equal;
     /// in sequence (TCP); not after a short segment; within 64 KiB and [`MAX_TAIL_SEGMENTS`].
     fn can_append(&self, frame: &[u8], seg: &Candidate) -> bool {
-        let (a, b, l) = (&self.buf[..], frame, &self.layout);
+        let l = &self.layout;
         if self.closed
             || self.tail_count == MAX_TAIL_SEGMENTS
             || seg.layout.l3 != l.l3
             || seg.layout.l4 != l.l4
             || seg.layout.payload != l.payload
+            || l.payload > HEADER_MASK_LEN
             || (!l.udp && seg.seq != self.next_seq)
             || seg.payload_len > self.gso_size
             || self.len - l.l3 + seg.payload_len > MAX_COALESCED_IP_LEN
         {
             return false;
         }
-        let same = |r: core::ops::Range<usize>| a[r.clone()] == b[r];
-        let ip_same = if l.v6 {
-            // version/traffic class/flow label; next header, hop limit, addresses
-            same(l.l3..l.l3 + 4) && same(l.l3 + 6..l.l3 + 40)
-        } else {
-            // version/IHL, TOS; flags/fragment, TTL, protocol; addresses
-            same(l.l3..l.l3 + 2) && same(l.l3 + 6..l.l3 + 10) && same(l.l3 + 12..l.l3 + 20)
-        };
-        // UDP: ports (length and checksum differ).
-        let l4_same = same(l.l4..l.l4 + 4)
-            // TCP: ack number, data offset; urgent pointer and options
-            && (l.udp || (same(l.l4 + 8..l.l4 + 13) && same(l.l4 + 18..l.payload)));
-        ip_same && same(0..l.l3) && l4_same
+        // Both frames hold at least `payload` bytes: their layouts say so.
+        let headers = ..l.payload;
+        equal_under_mask(&self.buf[headers], &frame[headers], &self.mask[headers])
     }
 
     /// Appends `seg` (which [`Slot::can_append`] accepted, received at `at`) if its checksum
@@ -947,6 +988,8 @@ impl Candidate {
 #[derive(Debug)]
 pub struct Coalescer {
     slots: Vec<Slot>,
+    /// The slot that took the last segment: where the next one most likely goes.
+    last: Option<usize>,
     next_evict: usize,
     stats: CoalescerStats,
     merge_udp: bool,
@@ -960,6 +1003,7 @@ impl Coalescer {
     pub fn new(slots: usize) -> Coalescer {
         Coalescer {
             slots: (0..slots.max(1)).map(|_| Slot::new()).collect(),
+            last: None,
             next_evict: 0,
             stats: CoalescerStats::default(),
             merge_udp: true,
@@ -996,22 +1040,24 @@ impl Coalescer {
             self.emit_alone(tag, frame, 0, emit);
             return;
         };
+        // The common case, a flow's next segment, usually for the slot that took the last one:
+        // that slot's header comparison covers addresses and ports, so a match is the flow's.
+        if seg.mergeable
+            && let Some(i) = self.last
+            && self.slots[i].active
+            && self.slots[i].key.tag == tag
+            && self.slots[i].can_append(frame, &seg)
+        {
+            self.append(i, tag, frame, at, &seg, emit);
+            return;
+        }
         let key = FlowKey::of(tag, frame, &seg.layout);
         let slot = self.slots.iter().position(|s| s.active && s.key == key);
-        // The common case, a flow's next segment: verified, and remembered where it lies.
         if let Some(i) = slot
             && seg.mergeable
             && self.slots[i].can_append(frame, &seg)
         {
-            if self.slots[i].append_verified(frame, at, &seg) {
-                if self.slots[i].closed {
-                    self.flush_slot(i, emit);
-                }
-            } else {
-                self.stats.bad_checksum += 1;
-                self.flush_slot(i, emit);
-                self.emit_alone(tag, frame, 0, emit);
-            }
+            self.append(i, tag, frame, at, &seg, emit);
             return;
         }
         if !seg.mergeable || !seg.checksum_ok(frame) {
@@ -1042,6 +1088,30 @@ impl Coalescer {
             }
         };
         self.slots[i].start(key, frame, &seg);
+        self.last = Some(i);
+    }
+
+    /// Appends `seg` (accepted by slot `i`'s [`Slot::can_append`]) if its checksum verifies;
+    /// otherwise ends the super-frame and hands the segment on alone, unverified.
+    fn append<F: FnMut(CoalescedFrame<'_>)>(
+        &mut self,
+        i: usize,
+        tag: Vni,
+        frame: &[u8],
+        at: Origin,
+        seg: &Candidate,
+        emit: &mut F,
+    ) {
+        if self.slots[i].append_verified(frame, at, seg) {
+            self.last = Some(i);
+            if self.slots[i].closed {
+                self.flush_slot(i, emit);
+            }
+        } else {
+            self.stats.bad_checksum += 1;
+            self.flush_slot(i, emit);
+            self.emit_alone(tag, frame, 0, emit);
+        }
     }
 
     /// Hands every super-frame in progress to `emit`. Call at the end of each receive batch.

@@ -536,6 +536,26 @@ fn keeps_flows_apart() {
 }
 
 #[test]
+fn keeps_networks_apart() {
+    // Byte-identical flows in two networks (VNIs) are two flows, however they interleave.
+    let f = flow(Seg::default(), &[1000, 1000, 1000, 1000]);
+    let mut c = Coalescer::new(4);
+    let mut out = Vec::new();
+    let mut emit = |f: CoalescedFrame<'_>| out.push((f.tag, f.segments));
+    for (i, frame) in f.iter().enumerate() {
+        let at = Origin {
+            buf: i as u32,
+            offset: 0,
+        };
+        c.push(VNI, frame, at, &mut emit);
+        c.push(VNI + 1, frame, at, &mut emit);
+    }
+    c.flush(&mut emit);
+    out.sort_unstable();
+    assert_eq!(out, [(VNI, 4), (VNI + 1, 4)]);
+}
+
+#[test]
 fn never_merges_a_bad_checksum() {
     let mut f = flow(Seg::default(), &[1000, 1000, 1000]);
     let last = f[1].len() - 1;
