@@ -103,10 +103,11 @@ pub struct NetworkCounters {
 }
 
 impl NetworkCounters {
+    /// Counts `packets` frames of `bytes` in total delivered.
     #[inline]
-    pub(crate) fn add_rx(&self, bytes: usize) {
-        self.rx_packets.fetch_add(1, Ordering::Relaxed);
-        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    pub(crate) fn add_rx_many(&self, packets: u64, bytes: u64) {
+        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     #[inline]

@@ -1121,6 +1121,32 @@ const ROWS: &[(&str, &str, usize)] = &[
     ("cpu_machine_busy_s_per_gb", "CPU machine busy s/GB", 3),
 ];
 
+/// vxnet/kernel ratios run by run (runs interleave, so run i of both ran minutes apart at
+/// most) for the headline metrics: the spread a median hides on a noisy machine.
+fn per_run_ratios(
+    raw: &BTreeMap<&'static str, BTreeMap<String, Vec<f64>>>,
+) -> Vec<(String, Vec<f64>)> {
+    let (Some(kernel), Some(vxnet)) = (
+        raw.get(Kind::KernelVxlan.name()),
+        raw.get(Kind::Vxnet.name()),
+    ) else {
+        return Vec::new();
+    };
+    ["tcp1_cpu_machine_busy_s_per_gb", "tcp1_gbps", "tcp4_gbps"]
+        .iter()
+        .filter_map(|metric| {
+            let (k, v) = (kernel.get(*metric)?, vxnet.get(*metric)?);
+            let ratios: Vec<f64> = k
+                .iter()
+                .zip(v)
+                .filter(|(k, _)| **k > 0.0)
+                .map(|(k, v)| v / k)
+                .collect();
+            (!ratios.is_empty()).then(|| (metric.to_string(), ratios))
+        })
+        .collect()
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
     if s.is_empty() {
@@ -1680,6 +1706,11 @@ fn run(args: &[String]) -> Result<()> {
 
     let tbl = table(&summary);
     println!("\n{tbl}");
+    let spread = per_run_ratios(&raw);
+    for (metric, ratios) in &spread {
+        let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!("per run, vxnet/kernel, {metric}: {}", list.join(" "));
+    }
     if !errors.is_empty() {
         println!("errors: {}", serde_json::to_string_pretty(&errors)?);
     }
@@ -1742,6 +1773,7 @@ fn run(args: &[String]) -> Result<()> {
                   inside the agent's syscalls (its sends ripple through veth/bridge/TCP inline) \
                   is charged to both, so do not add them; machine_busy is the non-overlapping total",
         "summary": summary,
+        "per_run_vxnet_over_kernel": spread.iter().cloned().collect::<BTreeMap<_, _>>(),
         "raw": raw,
         "errors": errors,
         "vxnet_stats": vxnet_stats,
