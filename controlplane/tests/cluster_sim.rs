@@ -4,13 +4,17 @@
 //! Each seed runs: bootstrap + joins (learner → voter promotion), a random workload with drops
 //! and reorders, a partition of the leader (the majority elects a new leader and serves
 //! writes; the minority's proposals time out and are retried with the same request id), heal,
-//! a crash + restart of the leader from its data dir, then quiescence and checks: identical
+//! a crash + restart of the leader from its data dir, a failing data dir on one node (ENOSPC
+//! mid-write or at fsync, sometimes with the cut-back failing too: the node drops out as the
+//! agent's driver drops it, and is reopened from disk once writes work), then quiescence and
+//! checks: identical
 //! replicas, every acknowledged write present, no IPv4 twice per network, no VNI twice, at most
 //! one leader per term, every retried request applied once.
 //!
 //! `VXNET_SIM_SEEDS=n` sets the number of seeds per test (default 200);
 //! `VXNET_SIM_SEED=s` replays one seed.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use raft::StateRole;
 use raft::eraftpb::Message;
 use vxnet_controlplane::node::{Node, NodeConfig, discard_logger};
-use vxnet_controlplane::storage::StorageOptions;
+use vxnet_controlplane::storage::{FaultPoint, StorageOptions, WriteFault};
 use vxnet_proto::{
     Command, ConnectEndpoint, CreateNetwork, DisconnectEndpoint, Empty, ErrorKind, Proposal,
     RegisterHost, RemoveHost, command, response,
@@ -31,6 +35,7 @@ const CLUSTER_ID: u64 = 0xC1;
 /// Evidence that the interesting paths ran (printed per test).
 static SNAPSHOTS_INSTALLED: AtomicU64 = AtomicU64::new(0);
 static RETRIED_REQUESTS: AtomicU64 = AtomicU64::new(0);
+static STORAGE_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 struct Rng(u64);
 
@@ -95,6 +100,8 @@ struct Sim {
     compact_every: u64,
     counter: u64,
     acked_during_partition: usize,
+    /// Each node's write-fault switch (kept across restarts of the node).
+    faults: RefCell<BTreeMap<u64, WriteFault>>,
 }
 
 impl Sim {
@@ -121,17 +128,25 @@ impl Sim {
             compact_every,
             counter: 0,
             acked_during_partition: 0,
+            faults: RefCell::new(BTreeMap::new()),
         }
     }
 
     fn cfg(&self, id: u64) -> NodeConfig {
         let mut c = NodeConfig::new(self.root.path().join(format!("n{id}")));
-        c.storage = StorageOptions { fsync: false };
+        c.storage = StorageOptions {
+            fsync: false,
+            fault: Some(self.fault(id)),
+        };
         c.compact_every = self.compact_every;
         c.snapshot_timeout_ticks = 20;
         c.rng_seed = self.seed ^ (id << 32);
         c.logger = discard_logger();
         c
+    }
+
+    fn fault(&self, id: u64) -> WriteFault {
+        self.faults.borrow_mut().entry(id).or_default().clone()
     }
 
     fn tick_now(&self) -> u64 {
@@ -333,8 +348,19 @@ impl Sim {
     fn drain_ready(&mut self, id: u64) {
         for _ in 0..16 {
             let tick = self.step / STEPS_PER_TICK;
+            let injected = self.fault(id).get().is_some();
             let n = self.node(id).unwrap();
-            let out = n.on_ready().unwrap_or_else(|e| panic!("node {id}: {e}"));
+            let out = match n.on_ready() {
+                Ok(out) => out,
+                Err(e) if injected => {
+                    // What the agent's driver does: drop the node, acknowledge nothing more.
+                    let _ = e;
+                    STORAGE_FAILURES.fetch_add(1, Ordering::Relaxed);
+                    self.nodes.insert(id, None);
+                    return;
+                }
+                Err(e) => panic!("node {id}: {e}"),
+            };
             let has_more = n.has_ready();
             if out.snapshot_installed {
                 SNAPSHOTS_INSTALLED.fetch_add(1, Ordering::Relaxed);
@@ -691,6 +717,24 @@ fn scenario(seed: u64, hosts: u64) {
     sim.restart(l);
     sim.run_ticks(40, true);
 
+    // One node's data dir fails while the workload runs; it comes back once writes work.
+    let live = sim.live();
+    let victim = match sim.leader() {
+        Some(l) if sim.rng.chance(0.5) => l,
+        _ => live[sim.rng.below(live.len() as u64) as usize],
+    };
+    let fault = sim.fault(victim);
+    let point = [FaultPoint::Write, FaultPoint::Sync][sim.rng.below(2) as usize];
+    fault.set_at(Some(std::io::ErrorKind::StorageFull), point);
+    fault.fail_repairs(sim.rng.chance(0.3));
+    sim.run_ticks(40, true);
+    fault.set(None);
+    fault.fail_repairs(false);
+    if sim.nodes[&victim].is_none() {
+        sim.restart(victim);
+    }
+    sim.run_ticks(40, true);
+
     // With six hosts: remove a non-leader voter; a learner replaces it.
     if hosts == 6 {
         let leader = sim.leader().unwrap_or(1);
@@ -746,11 +790,13 @@ fn run_seeds(name: &str, default: u64, hosts: u64) {
         }
     }
     eprintln!(
-        "{name}: {} seeds in {:?} (all tests so far: {} snapshots installed, {} retried requests)",
+        "{name}: {} seeds in {:?} (all tests so far: {} snapshots installed, {} retried \
+         requests, {} storage failures survived)",
         seeds.len(),
         started.elapsed(),
         SNAPSHOTS_INSTALLED.load(Ordering::Relaxed),
-        RETRIED_REQUESTS.load(Ordering::Relaxed)
+        RETRIED_REQUESTS.load(Ordering::Relaxed),
+        STORAGE_FAILURES.load(Ordering::Relaxed)
     );
 }
 
