@@ -22,6 +22,28 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 
+# The previous release's vxnetd, for the rolling-upgrade test: built from git history into
+# target/prev (cached; about two minutes the first time). Without git history the test skips.
+if [ -z "${VXNET_PREV_VXNETD:-}" ]; then
+  prev_rev=$(grep -v '^#' deploy/previous-release | head -n1)
+  if git cat-file -e "${prev_rev}^{commit}" 2>/dev/null; then
+    prev_src=target/prev/src-$prev_rev
+    if [ ! -x "target/prev/vxnetd-$prev_rev" ]; then
+      echo "building the previous release's vxnetd ($prev_rev) for the upgrade test"
+      rm -rf "$prev_src" && mkdir -p "$prev_src"
+      git archive "$prev_rev" | tar -x -C "$prev_src"
+      cargo build --release --quiet --bin vxnetd --manifest-path "$prev_src/Cargo.toml" \
+        --target-dir target/prev/build
+      cp target/prev/build/release/vxnetd "target/prev/vxnetd-$prev_rev"
+      rm -rf "$prev_src" target/prev/build
+    fi
+    export VXNET_PREV_VXNETD="$PWD/target/prev/vxnetd-$prev_rev"
+  else
+    echo "warning: commit $prev_rev is not in this clone: the upgrade test will skip" >&2
+  fi
+fi
+
 # Deterministic Raft simulator seeds (raise locally for a soak: VXNET_SIM_SEEDS=5000).
 export VXNET_SIM_SEEDS="${VXNET_SIM_SEEDS:-200}"
-exec cargo test --workspace --release "$@"
+# fault-injection: hidden vxnetd flags the fault tests use to make a thread panic.
+exec cargo test --workspace --release --features vxnet/fault-injection "$@"

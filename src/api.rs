@@ -1,7 +1,8 @@
 //! The agent's local API: length-prefixed `prost` messages over a Unix socket.
 //!
 //! A frame is a 4-byte big-endian length and that many bytes of one message. One request, one
-//! response per connection; frames above [`MAX_FRAME`] are refused before anything is allocated.
+//! response per connection; frames above [`MAX_FRAME`] are refused before anything is allocated,
+//! and a frame's buffer grows with the bytes that arrive, not with the length its sender claims.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -51,7 +52,7 @@ pub fn write_frame(w: &mut impl Write, msg: &impl Message) -> Result<(), ApiErro
     Ok(())
 }
 
-/// Reads one frame's bytes.
+/// Reads one frame's bytes; the buffer grows as they arrive, up to [`MAX_FRAME`].
 pub fn read_frame_bytes(r: &mut impl Read) -> Result<Vec<u8>, ApiError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
@@ -59,8 +60,15 @@ pub fn read_frame_bytes(r: &mut impl Read) -> Result<Vec<u8>, ApiError> {
     if len > MAX_FRAME {
         return Err(ApiError::FrameTooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
+    // Grow with the bytes that arrive rather than trusting the claimed length up front.
+    let mut body = Vec::with_capacity(len.min(4 << 10));
+    r.take(len as u64).read_to_end(&mut body)?;
+    if body.len() < len {
+        return Err(ApiError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame ended after {} of {len} bytes", body.len()),
+        )));
+    }
     Ok(body)
 }
 

@@ -4,3 +4,4 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod fault;

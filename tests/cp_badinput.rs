@@ -181,9 +181,14 @@ fn api_socket_survives_garbage() {
         "200 idle max-size requests grew the agent from {rss_before} KiB to {rss_during} KiB"
     );
 
-    // The slow client is told off after the agent's read timeout; everybody else was served.
+    // The slow client is told off: after the agent's read timeout, or sooner, when the idle
+    // connections filled every slot and the oldest reader (it) was turned away to make room.
+    // Everybody else was served.
     match read_api_answer(&mut slow) {
-        ApiAnswer::Error(m) => assert!(m.contains("timed out"), "{m}"),
+        ApiAnswer::Error(m) => assert!(
+            m.contains("timed out") || m.contains("too many concurrent API connections"),
+            "{m}"
+        ),
         other => panic!("slow client got {other:?}"),
     }
     let slow_answered = slow_since.elapsed();

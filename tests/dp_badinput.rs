@@ -103,22 +103,6 @@ fn udp_snmp(ns: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// `(transmitted, received)` from ping's summary line.
-fn ping_counts(output: &str) -> (u32, u32) {
-    let line = output
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in: {output}"));
-    let mut numbers = line
-        .split(',')
-        .map(|part| part.split_whitespace().next().unwrap_or(""))
-        .map(|n| n.parse::<u32>().unwrap_or(u32::MAX));
-    (
-        numbers.next().unwrap_or(u32::MAX),
-        numbers.next().unwrap_or(u32::MAX),
-    )
-}
-
 /// Two hosts with agents and one "attacker" namespace on the underlay switch with two addresses:
 /// 192.168.200.50 (registered as a static VTEP of the network) and .51 (a stranger).
 struct Setup {

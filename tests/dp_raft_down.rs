@@ -8,33 +8,10 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// `(transmitted, received)` from ping's summary line.
-fn ping_counts(output: &str) -> (u32, u32) {
-    let line = output
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in: {output}"));
-    let mut numbers = line
-        .split(',')
-        .map(|part| part.split_whitespace().next().unwrap_or(""))
-        .map(|n| n.parse::<u32>().unwrap_or(u32::MAX));
-    (
-        numbers.next().unwrap_or(u32::MAX),
-        numbers.next().unwrap_or(u32::MAX),
-    )
-}
-
 /// The members `agent` lists, as JSON rows.
 fn members(agent: &Agent) -> Vec<serde_json::Value> {
     let out = agent.vxnet(&["cluster", "members", "--format", "json"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("members JSON: {e}: {out}"))
-}
-
-fn leader_name(agent: &Agent) -> Option<String> {
-    members(agent)
-        .iter()
-        .find(|m| m["leader"] == true)
-        .and_then(|m| m["name"].as_str().map(str::to_string))
 }
 
 /// Three hosts, h1 leads; containers on h2 and h3 ping each other every 50 ms (200 pings) while
@@ -53,7 +30,7 @@ fn data_plane_survives_leader_kill() {
         },
     );
     wait_for("h1 to lead", Duration::from_secs(20), || {
-        (leader_name(&cluster.agents[1]).as_deref() == Some("h1")).then_some(())
+        (cluster.agents[1].leader_name().as_deref() == Some("h1")).then_some(())
     });
     cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.34.0.0/24", "blue"]);
     let c2 = cluster.container();
@@ -92,7 +69,7 @@ fn data_plane_survives_leader_kill() {
 
     // Meanwhile the survivors elect a new leader among themselves.
     let new_leader = wait_for("a new leader", Duration::from_secs(15), || {
-        leader_name(&cluster.agents[1]).filter(|l| l != "h1")
+        cluster.agents[1].leader_name().filter(|l| l != "h1")
     });
     let election = killed_at.elapsed();
 

@@ -192,6 +192,8 @@ pub struct Node {
     ticks: u64,
     snapshot_since: BTreeMap<u64, u64>,
     conf_proposed_at: Option<u64>,
+    /// Messages produced while replaying in [`Node::open`], sent with the next Ready.
+    pending_messages: Vec<Message>,
 }
 
 impl std::fmt::Debug for Node {
@@ -329,8 +331,10 @@ impl Node {
         Node::open(cfg)
     }
 
-    /// Restarts from an existing data dir: the state is the snapshot, and the committed entries
-    /// after it are replayed by the first [`Node::on_ready`].
+    /// Restarts from an existing data dir: the state is the snapshot plus every entry up to the
+    /// durable commit index, replayed here before the node is returned. So whoever reads the
+    /// state after `open` (the API, the link reconciler) sees at least what this host had
+    /// applied before it stopped, without waiting for a tick or a quorum.
     pub fn open(cfg: NodeConfig) -> Result<Node, NodeError> {
         let store = DiskStorage::open(&cfg.data_dir, cfg.storage.clone())?;
         let meta = store.meta();
@@ -366,10 +370,40 @@ impl Node {
             ticks: 0,
             snapshot_since: BTreeMap::new(),
             conf_proposed_at: None,
+            pending_messages: Vec::new(),
             cfg,
         };
         node.fix_election_timeout();
+        node.replay_committed()?;
         Ok(node)
+    }
+
+    /// Applies the committed entries that follow the snapshot. The first Ready after a restart
+    /// holds exactly them (nothing has ticked or stepped yet); the loop covers raft handing
+    /// them out in several Readies. Messages (none are expected) wait for the next Ready.
+    fn replay_committed(&mut self) -> Result<(), NodeError> {
+        let durable_commit = self.raw.store().hard_state().commit;
+        while self.state.applied_index() < durable_commit && self.raw.has_ready() {
+            let before = self.state.applied_index();
+            let out = self.on_ready()?;
+            self.pending_messages.extend(out.messages);
+            if self.state.applied_index() == before {
+                break;
+            }
+        }
+        if self.state.applied_index() < durable_commit {
+            tracing::warn!(
+                applied = self.state.applied_index(),
+                durable_commit,
+                "replay stopped short of the durable commit index"
+            );
+        }
+        Ok(())
+    }
+
+    /// The settings this node was opened with (to reopen it from its data dir).
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
     }
 
     /// This node's Raft id.
@@ -539,12 +573,17 @@ impl Node {
         }
     }
 
-    /// The one Ready loop, in raft-rs's documented order: send messages; apply the snapshot;
-    /// apply committed entries; persist entries + HardState (one WAL record, one fsync); send
-    /// persisted messages; advance; then from the LightReady: persist the commit index, send
-    /// its messages, apply its committed entries; advance_apply. Finally compact if due.
+    /// The one Ready loop, in raft-rs's documented order except that committed entries are
+    /// applied right after (not before) persisting: send messages; apply the snapshot; persist
+    /// entries + HardState (one WAL record, one fsync); apply committed entries; send persisted
+    /// messages; advance; then from the LightReady: persist the commit index, send its
+    /// messages, apply its committed entries; advance_apply. Finally compact if due. raft-rs
+    /// lets applying run in any order with persisting; ours keeps applied ≤ durable commit.
     pub fn on_ready(&mut self) -> Result<ReadyOutcome, NodeError> {
-        let mut out = ReadyOutcome::default();
+        let mut out = ReadyOutcome {
+            messages: std::mem::take(&mut self.pending_messages),
+            ..ReadyOutcome::default()
+        };
         if self.raw.has_ready() {
             let mut rd = self.raw.ready();
             // A leader may send before persisting (Raft thesis 10.2.1); followers' messages
@@ -555,8 +594,12 @@ impl Node {
                 self.install_snapshot(snap, &mut out)?;
             }
             let committed = rd.take_committed_entries();
-            self.apply_entries(committed, &mut out)?;
+            // Persist before applying: the HardState of this Ready carries the commit index of
+            // the entries applied below, and the applied index must never pass the durable
+            // commit, or a restart would replay less than this host had already acted on (its
+            // links would be torn down and made again). raft allows applying after persisting.
             self.raw.mut_store().persist(rd.entries(), rd.hs())?;
+            self.apply_entries(committed, &mut out)?;
             out.messages.extend(rd.take_persisted_messages());
             let mut light = self.raw.advance(rd);
             if let Some(commit) = light.commit_index() {

@@ -5,9 +5,18 @@
 //!
 //! A plain thread, not a tokio task: `on_ready` fsyncs, and a blocking call must never stall the
 //! runtime that serves the API and the peers.
+//!
+//! Storage failures degrade, they do not end the process: when the data dir cannot be written
+//! (ENOSPC, EIO) the driver drops the node, stops stepping, ticking and accepting proposals (so
+//! it acknowledges nothing it has not made durable), and keeps the last view for reads; the
+//! data plane keeps forwarding with what it knows. Every [`PROBE_EVERY`] it tries a small
+//! write in the data dir; once that works it reopens the node from what is durable (exactly
+//! what a restart would see) and catches up from the leader, without a restart.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +50,65 @@ pub struct View {
     pub members: Vec<MemberStatus>,
 }
 
+/// How often a host whose data dir failed tries writing again.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Bytes the probe writes (and fsyncs) before the node is reopened: room for a few WAL records.
+const PROBE_BYTES: usize = 64 << 10;
+/// At most one "still failing" log line per this interval.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Health of this host's control plane, shared with the API and the metrics.
+#[derive(Debug, Default)]
+pub struct Health {
+    storage_failed: AtomicBool,
+    storage_failures: AtomicU64,
+    storage_recoveries: AtomicU64,
+    last_error: std::sync::Mutex<String>,
+}
+
+impl Health {
+    /// The data dir cannot be written: this host accepts and acknowledges no writes.
+    pub fn storage_failed(&self) -> bool {
+        self.storage_failed.load(Ordering::Relaxed)
+    }
+
+    /// Storage failures seen since start (each one took the node down until a probe worked).
+    pub fn storage_failures(&self) -> u64 {
+        self.storage_failures.load(Ordering::Relaxed)
+    }
+
+    /// Times the node was reopened after the data dir became writable again.
+    pub fn storage_recoveries(&self) -> u64 {
+        self.storage_recoveries.load(Ordering::Relaxed)
+    }
+
+    /// The last storage error, if the data dir is failing now.
+    pub fn storage_error(&self) -> Option<String> {
+        if !self.storage_failed() {
+            return None;
+        }
+        Some(
+            self.last_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_else(|p| p.into_inner().clone()),
+        )
+    }
+
+    fn set_failed(&self, error: &str) {
+        if let Ok(mut last) = self.last_error.lock() {
+            error.clone_into(&mut last);
+        }
+        self.storage_failed.store(true, Ordering::Relaxed);
+        self.storage_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set_recovered(&self) {
+        self.storage_failed.store(false, Ordering::Relaxed);
+        self.storage_recoveries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// What a proposal came to.
 #[derive(Debug)]
 pub enum ProposeOutcome {
@@ -53,6 +121,8 @@ pub enum ProposeOutcome {
     },
     /// This node is not the leader; the leader it knows of, if any.
     NotLeader(Option<u64>),
+    /// This host cannot write its data dir, so it accepts no writes (the storage error).
+    Unavailable(String),
 }
 
 enum Input {
@@ -64,9 +134,10 @@ enum Input {
     },
 }
 
-/// The driver went away (the node hit a fatal storage error).
+/// The driver thread is gone (it cannot be while the process lives: a panic on any thread
+/// ends the process).
 #[derive(Debug, thiserror::Error)]
-#[error("the Raft node has stopped")]
+#[error("the Raft driver thread has stopped")]
 pub struct DriverGone;
 
 /// A cheap, cloneable handle to the driver thread.
@@ -75,9 +146,15 @@ pub struct DriverHandle {
     tx: Sender<Input>,
     view: Arc<ArcSwap<View>>,
     applied: watch::Receiver<u64>,
+    health: Arc<Health>,
 }
 
 impl DriverHandle {
+    /// Health of the control plane on this host.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// The latest published view.
     pub fn view(&self) -> Arc<View> {
         self.view.load_full()
@@ -133,10 +210,12 @@ pub fn spawn(
         Arc::new(node.state().clone()),
     )));
     let (applied_tx, applied_rx) = watch::channel(node.applied_index());
+    let health = Arc::new(Health::default());
     let handle = DriverHandle {
         tx,
         view: Arc::clone(&view),
         applied: applied_rx,
+        health: Arc::clone(&health),
     };
     let driver = Driver {
         node,
@@ -146,6 +225,8 @@ pub fn spawn(
         waiters: HashMap::new(),
         peers: BTreeMap::new(),
         seed_peers,
+        health,
+        degraded: None,
     };
     let thread = std::thread::Builder::new()
         .name("vxnet-raft".into())
@@ -178,6 +259,18 @@ struct Driver {
     waiters: HashMap<Vec<u8>, Vec<oneshot::Sender<ProposeOutcome>>>,
     peers: BTreeMap<u64, String>,
     seed_peers: BTreeMap<u64, String>,
+    health: Arc<Health>,
+    /// Set while the data dir cannot be written; `node` is then stale and not driven.
+    degraded: Option<Degraded>,
+}
+
+/// Why and since when the node is down, and when to try again.
+struct Degraded {
+    error: String,
+    since: Instant,
+    next_probe: Instant,
+    last_log: Instant,
+    failed_probes: u64,
 }
 
 impl Driver {
@@ -198,7 +291,12 @@ impl Driver {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             if Instant::now() >= next_tick {
-                self.node.tick();
+                crate::fault::check("raft");
+                if self.degraded.is_some() {
+                    self.probe();
+                } else {
+                    self.node.tick();
+                }
                 next_tick += tick;
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + tick;
@@ -208,13 +306,20 @@ impl Driver {
                     !senders.is_empty()
                 });
             }
-            if self.node.has_ready() {
+            if self.degraded.is_none() && self.node.has_ready() {
                 self.ready();
             }
         }
     }
 
     fn handle(&mut self, input: Input) {
+        if let Some(degraded) = &self.degraded {
+            // Acknowledge nothing: peers see this host as silent and carry on without it.
+            if let Input::Propose { reply, .. } = input {
+                let _ = reply.send(ProposeOutcome::Unavailable(degraded.error.clone()));
+            }
+            return;
+        }
         match input {
             Input::Raft(msg) => {
                 if let Err(e) = self.node.step(*msg) {
@@ -254,10 +359,8 @@ impl Driver {
         let outcome = match self.node.on_ready() {
             Ok(outcome) => outcome,
             Err(e) => {
-                // Storage failures are not recoverable in-process: stop, let systemd restart us
-                // from what is durable.
-                tracing::error!("fatal: raft storage: {e}");
-                std::process::exit(70);
+                self.degrade(e.to_string());
+                return;
             }
         };
         for msg in outcome.messages {
@@ -315,6 +418,82 @@ impl Driver {
         });
     }
 
+    /// The node's memory may now be ahead of its disk: stop driving it until the data dir takes
+    /// writes again, then reopen it from what is durable.
+    fn degrade(&mut self, error: String) {
+        tracing::error!(
+            "raft storage failed: {error}; this host stops accepting and acknowledging writes \
+             (reads and the data plane go on) and retries every {PROBE_EVERY:?}"
+        );
+        self.health.set_failed(&error);
+        for (_, senders) in self.waiters.drain() {
+            for sender in senders {
+                let _ = sender.send(ProposeOutcome::Unavailable(error.clone()));
+            }
+        }
+        let now = Instant::now();
+        self.degraded = Some(Degraded {
+            error,
+            since: now,
+            next_probe: now + PROBE_EVERY,
+            last_log: now,
+            failed_probes: 0,
+        });
+        let current = self.view.load_full();
+        let mut view = (*current).clone();
+        view.leader_id = None;
+        self.view.store(Arc::new(view));
+    }
+
+    /// While degraded: tries a small durable write in the data dir; once it works, reopens the
+    /// node from disk (what a restart would see: never less than what was applied here).
+    fn probe(&mut self) {
+        let now = Instant::now();
+        let Some(degraded) = self.degraded.as_mut() else {
+            return;
+        };
+        if now < degraded.next_probe {
+            return;
+        }
+        degraded.next_probe = now + PROBE_EVERY;
+        let data_dir = self.node.config().data_dir.clone();
+        let reopened = probe_write(&data_dir)
+            .map_err(|e| format!("probe write in {}: {e}", data_dir.display()))
+            .and_then(|()| Node::open(self.node.config().clone()).map_err(|e| e.to_string()));
+        match reopened {
+            Ok(node) => {
+                tracing::info!(
+                    down_for = ?degraded.since.elapsed(),
+                    applied = node.applied_index(),
+                    "raft storage writable again: node reopened from the data dir, catching up"
+                );
+                self.node = node;
+                self.degraded = None;
+                self.health.set_recovered();
+                let state = Arc::new(self.node.state().clone());
+                self.view.store(Arc::new(view_of(&self.node, state)));
+                self.sync_peers();
+                let applied = self.node.applied_index();
+                self.applied.send_if_modified(|a| {
+                    let changed = *a != applied;
+                    *a = applied;
+                    changed
+                });
+            }
+            Err(e) => {
+                degraded.failed_probes += 1;
+                if now.duration_since(degraded.last_log) >= LOG_EVERY {
+                    degraded.last_log = now;
+                    tracing::warn!(
+                        down_for = ?degraded.since.elapsed(),
+                        probes = degraded.failed_probes,
+                        "raft storage still failing: {e}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Keeps the transport's address book equal to the registered hosts.
     fn sync_peers(&mut self) {
         let peers: BTreeMap<u64, String> = self
@@ -333,4 +512,15 @@ impl Driver {
             self.peers = peers;
         }
     }
+}
+
+/// Writes, fsyncs and removes a scratch file of [`PROBE_BYTES`] in `dir`.
+fn probe_write(dir: &std::path::Path) -> std::io::Result<()> {
+    let path = dir.join(".write-probe");
+    let result = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&[0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&path);
+    result
 }

@@ -175,6 +175,27 @@ impl Collector for AgentCollector {
             "1 if this host leads the cluster",
             &raft(u64::from(view.leader_id == Some(view.node_id))),
         )?;
+        gauge(
+            &mut encoder,
+            "vxnet_agent_ready",
+            "1 once the agent replayed its local log and serves current state",
+            &raft(u64::from(
+                agent.ready.load(std::sync::atomic::Ordering::Relaxed),
+            )),
+        )?;
+        let health = agent.driver.health();
+        gauge(
+            &mut encoder,
+            "vxnet_storage_writable",
+            "0 while the data dir cannot be written (no writes accepted or acknowledged here)",
+            &raft(u64::from(!health.storage_failed())),
+        )?;
+        counter(
+            &mut encoder,
+            "vxnet_storage_failures",
+            "Storage write failures that took the Raft node down until the data dir recovered",
+            &[(vec![], health.storage_failures())],
+        )?;
         let peers: Vec<_> = view
             .state
             .hosts()

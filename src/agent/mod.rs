@@ -1,11 +1,13 @@
 //! The host agent: runs the Raft node, serves the CLI and the peers, and keeps this host's links
 //! and forwarding table in step with the replicated state.
 
+mod admission;
 pub mod driver;
 pub mod fibsync;
 pub mod links;
 pub mod metrics;
 pub mod server;
+pub mod starting;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -106,6 +108,15 @@ pub enum SubmitError {
          (if a quorum comes back, the request may still take effect)"
     )]
     NoQuorum(Duration),
+    /// This host's data dir cannot be written: it takes no writes until it can.
+    #[error(
+        "this host cannot write its data dir ({0}): it accepts no writes until that is fixed \
+         (reads and forwarding go on; run the command on another host meanwhile)"
+    )]
+    StorageUnavailable(String),
+    /// The Raft driver thread is gone (never expected: a panic ends the process).
+    #[error("the Raft driver on this host has stopped: restart vxnetd")]
+    DriverGone,
 }
 
 /// What the last full reconcile round covered; kept under [`Agent::links_lock`].
@@ -139,6 +150,8 @@ pub struct Agent {
     pub started: Instant,
     /// Latency of writes accepted on this host, until applied here.
     pub commit_latency: prometheus_client::metrics::histogram::Histogram,
+    /// The local log is replayed and the API serves the current state.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 /// Random bytes for request ids, network and endpoint ids.
@@ -192,6 +205,13 @@ fn proposal(command: command::Kind) -> Proposal {
 
 impl Agent {
     /// Starts everything and serves until SIGINT/SIGTERM.
+    ///
+    /// Order matters for a restart to be invisible to containers: the API socket is bound
+    /// first but answers only "starting"; the node opens and replays its whole committed log
+    /// ([`Node::open`]); only then do the API, the metrics and the link reconciler start, so
+    /// none of them ever acts on state older than what this host had before it stopped (the
+    /// reconciler would delete the links of endpoints it does not know yet). Readiness needs
+    /// only the local replay, never a quorum.
     pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             AgentError::Config(format!(
@@ -199,7 +219,42 @@ impl Agent {
                 config.data_dir.display()
             ))
         })?;
-        let (node, seed_peers) = open_node(&config).await?;
+        let api = server::bind(&config.api)?;
+        let (phase_tx, phase) = tokio::sync::watch::channel("opening the data dir".to_string());
+        let agent = tokio::select! {
+            agent = Agent::start(config, phase_tx) => agent?,
+            () = starting::answer_while_starting(&api, &phase) => {
+                return Err(AgentError::Config("the API stopped while starting".into()));
+            }
+        };
+        agent
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(Arc::clone(&agent).reconcile_loop());
+        tracing::info!(api = %agent.config.api.display(), "ready: serving the API");
+        tokio::spawn(server::serve(Arc::clone(&agent), api));
+        if let Some(addr) = agent.config.metrics {
+            let agent = Arc::clone(&agent);
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(agent, addr).await {
+                    tracing::error!(%addr, "metrics: {e}");
+                }
+            });
+        }
+
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = std::fs::remove_file(&agent.config.api);
+        Ok(())
+    }
+
+    /// Opens (or bootstraps, or joins) the node, replaying its log, and starts the transport,
+    /// the Raft driver and the data plane.
+    async fn start(
+        config: AgentConfig,
+        phase: tokio::sync::watch::Sender<String>,
+    ) -> Result<Arc<Agent>, AgentError> {
+        let (node, seed_peers) = open_node(&config, &phase).await?;
         tracing::info!(
             node_id = node.id(),
             cluster_id = format!("{:016x}", node.cluster_id()),
@@ -260,25 +315,10 @@ impl Agent {
             fib,
             started: Instant::now(),
             commit_latency: metrics::commit_latency_histogram(),
+            ready: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(Arc::clone(&agent).serve_peers(inbound));
-        tokio::spawn(Arc::clone(&agent).reconcile_loop());
-        let api = server::bind(&agent.config.api)?;
-        tracing::info!(api = %agent.config.api.display(), "serving the API");
-        tokio::spawn(server::serve(Arc::clone(&agent), api));
-        if let Some(addr) = agent.config.metrics {
-            let agent = Arc::clone(&agent);
-            tokio::spawn(async move {
-                if let Err(e) = metrics::serve(agent, addr).await {
-                    tracing::error!(%addr, "metrics: {e}");
-                }
-            });
-        }
-
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        let _ = std::fs::remove_file(&agent.config.api);
-        Ok(())
+        Ok(agent)
     }
 
     /// Commits `command` through Raft (forwarding to the leader when needed) and returns once it
@@ -305,7 +345,10 @@ impl Agent {
                     }
                 }
                 Ok(Ok(ProposeOutcome::NotLeader(None))) => {}
-                Ok(Err(_gone)) => break,
+                Ok(Ok(ProposeOutcome::Unavailable(error))) => {
+                    return Err(SubmitError::StorageUnavailable(error));
+                }
+                Ok(Err(_gone)) => return Err(SubmitError::DriverGone),
                 Err(_timeout) => {}
             }
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -405,7 +448,16 @@ impl Agent {
                 &format!("unexpected result {other:?}"),
             ),
             Err(SubmitError::Refused(e)) => join_error(e.kind, &e.message),
-            Err(e @ SubmitError::NoQuorum(_)) => join_error(ErrorKind::Unspecified, &e.to_string()),
+            // Not the joiner's fault (no quorum, or this host cannot write): it retries.
+            Err(e) => {
+                tracing::warn!("join request not served: {e}");
+                JoinResponse {
+                    result: Some(join_response::Result::NotLeader(NotLeader {
+                        leader_id: 0,
+                        leader_addr: String::new(),
+                    })),
+                }
+            }
         }
     }
 
@@ -426,7 +478,12 @@ impl Agent {
                     Err(e) => forward_response::Outcome::Err(e.to_proto()),
                 }),
             },
-            ProposeOutcome::NotLeader(leader) => {
+            // A host that cannot write is no leader: the forwarder retries elsewhere.
+            ProposeOutcome::NotLeader(_) | ProposeOutcome::Unavailable(_) => {
+                let leader = match outcome {
+                    ProposeOutcome::NotLeader(leader) => leader,
+                    _ => None,
+                };
                 let view = self.driver.view();
                 let leader_id = leader.unwrap_or(0);
                 let leader_addr = view
@@ -451,6 +508,7 @@ impl Agent {
     async fn reconcile_loop(self: Arc<Self>) {
         let mut applied = self.driver.subscribe();
         loop {
+            crate::fault::check("reconcile");
             self.reconcile_once().await;
             let _ = tokio::time::timeout(Duration::from_secs(2), applied.changed()).await;
         }
@@ -519,6 +577,24 @@ impl Agent {
     }
 }
 
+/// A data dir that cannot be opened: damage gets the recovery path spelled out.
+fn open_error(config: &AgentConfig, e: NodeError) -> AgentError {
+    match e {
+        NodeError::Storage(e @ vxnet_controlplane::storage::StorageError::Corrupt { .. }) => {
+            AgentError::Config(format!(
+                "{e}\nThe data dir is damaged and vxnetd will not guess which acknowledged \
+                 entries it lost, so it changes nothing and stops. Recovery: on another host, \
+                 `vxnet cluster rm {name}` (this frees the host's endpoints: reconnect its \
+                 containers afterwards); here, move the data dir away (keep it for inspection) \
+                 and start vxnetd again with --join MEMBER:7946, so it re-joins and receives \
+                 the state from the cluster.",
+                name = config.name
+            ))
+        }
+        e => AgentError::Node(e),
+    }
+}
+
 fn into_submit(result: ApplyResult) -> Result<Response, SubmitError> {
     result.map_err(SubmitError::Refused)
 }
@@ -535,7 +611,10 @@ fn join_error(kind: ErrorKind, message: &str) -> JoinResponse {
 /// Resumes from the data dir, or bootstraps, or joins. On-disk state always wins: bootstrapping
 /// a second time would split the brain. Also returns the members a join answer named, so the
 /// transport can reach the leader before the first snapshot arrives.
-async fn open_node(config: &AgentConfig) -> Result<(Node, BTreeMap<u64, String>), AgentError> {
+async fn open_node(
+    config: &AgentConfig,
+    phase: &tokio::sync::watch::Sender<String>,
+) -> Result<(Node, BTreeMap<u64, String>), AgentError> {
     let node_config = NodeConfig::new(&config.data_dir);
     if DiskStorage::exists(&config.data_dir) {
         if config.bootstrap || config.join.is_some() {
@@ -543,7 +622,12 @@ async fn open_node(config: &AgentConfig) -> Result<(Node, BTreeMap<u64, String>)
                 "the data dir holds cluster state: resuming, --bootstrap/--join ignored"
             );
         }
-        return Ok((Node::open(node_config)?, BTreeMap::new()));
+        phase.send_replace("replaying the local Raft log".into());
+        // Blocking file reads and fsyncs: off the runtime that answers "starting".
+        let opened = tokio::task::spawn_blocking(move || Node::open(node_config))
+            .await
+            .map_err(|e| AgentError::Config(format!("opening the data dir: {e}")))?;
+        return Ok((opened.map_err(|e| open_error(config, e))?, BTreeMap::new()));
     }
     let host = RegisterHost {
         name: config.name.clone(),
@@ -569,6 +653,7 @@ async fn open_node(config: &AgentConfig) -> Result<(Node, BTreeMap<u64, String>)
     };
     let mut backoff = Duration::from_millis(200);
     loop {
+        phase.send_replace(format!("joining the cluster through {target}"));
         let answer = transport::join(
             &target,
             config.token.as_deref(),

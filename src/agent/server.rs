@@ -1,6 +1,12 @@
 //! The CLI's API: a Unix socket (mode 0600), one length-prefixed request and one response per
 //! connection. Reads come from this host's applied state (they keep working in a minority
 //! partition); writes go through Raft ([`Agent::submit`]).
+//!
+//! Misbehaving clients cannot exhaust the agent: connections, request bytes in flight and capture
+//! streams are capped, request buffers grow only with the bytes that arrive, and a request must
+//! arrive whole within 10 s. Refusals are answered with an error and logged at most once per 5 s
+//! per limit, with a count. The caps and the eviction of stalled readers live in the `admission`
+//! module; this one reads, answers and refuses connections.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -11,6 +17,7 @@ use std::time::Duration;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use vxnet_controlplane::node::MemberRole;
 use vxnet_dataplane::fdb::MacLocation;
 use vxnet_dataplane::io::NetnsHandle;
@@ -20,6 +27,10 @@ use vxnet_proto::{
     api_response::Kind as Resp, command, response,
 };
 
+use super::admission::{
+    ByteBudget, Handover, Limits, MAX_CAPTURES, MAX_CONNECTIONS, MAX_REQUEST_BYTES, Reservation,
+    flush_warnings,
+};
 use super::{Agent, SubmitError, random_id, unix_ms};
 use crate::api::MAX_FRAME;
 
@@ -48,18 +59,35 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Time to read a whole request (length and body), however slowly its bytes trickle in.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time to write a response: a client that does not read cannot hold its slot for longer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time to write a refusal, and to drain what the refused client sends meanwhile.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Time a refused client may stay quiet before it is closed.
+const REFUSAL_IDLE: Duration = Duration::from_millis(100);
+
+/// Time a connection over the cap waits for the slot of the connection it turned away.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+
+/// Bytes a refused connection may send before it is closed (its request is read and dropped so
+/// that the client sees the refusal instead of a broken pipe).
+const REFUSAL_DRAIN: usize = 64 << 10;
+
+/// First capacity of a request buffer; larger requests double it as their bytes arrive.
+const INITIAL_BUFFER: usize = 4 << 10;
+
 /// Accepts connections until the runtime stops.
 pub async fn serve(agent: Arc<Agent>, listener: UnixListener) {
+    let limits = Arc::new(Limits::new());
+    tokio::spawn(flush_warnings(Arc::clone(&limits)));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                let agent = Arc::clone(&agent);
-                tokio::spawn(async move {
-                    if let Err(e) = handle_connection(&agent, stream).await {
-                        tracing::debug!("API connection: {e}");
-                    }
-                });
-            }
+            Ok((stream, _)) => admit(&agent, &limits, stream),
             Err(e) => {
                 tracing::warn!("API accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -68,40 +96,225 @@ pub async fn serve(agent: Arc<Agent>, listener: UnixListener) {
     }
 }
 
-async fn handle_connection(agent: &Agent, mut stream: UnixStream) -> std::io::Result<()> {
-    let request = tokio::time::timeout(Duration::from_secs(10), read_request(&mut stream)).await;
-    let response = match request {
-        Ok(Ok(ApiRequest {
-            kind: Some(Req::Capture(capture)),
-        })) => {
-            return stream_capture(agent, stream, capture).await;
-        }
-        Ok(Ok(request)) => handle(agent, request).await,
-        Ok(Err(message)) => error(ErrorKind::Invalid, message),
-        Err(_) => error(ErrorKind::Invalid, "timed out reading the request".into()),
+/// Serves `stream` in a slot of its own, or makes room by turning away the connection that has
+/// been reading its request the longest, or refuses it.
+fn admit(agent: &Arc<Agent>, limits: &Arc<Limits>, stream: UnixStream) {
+    let agent = Arc::clone(agent);
+    let limits = Arc::clone(limits);
+    if let Ok(slot) = Arc::clone(&limits.connections).try_acquire_owned() {
+        tokio::spawn(async move {
+            if let Err(e) = handle_connection(&agent, &limits, stream, slot).await {
+                tracing::debug!("API connection: {e}");
+            }
+        });
+        return;
+    }
+    let Ok(waiting) = Arc::clone(&limits.turned_away).try_acquire_owned() else {
+        limits.over_connections.refused();
+        refuse_now(stream);
+        return;
     };
-    let body = response.encode_to_vec();
-    stream.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    stream.write_all(&body).await?;
+    let (handover, handed) = oneshot::channel();
+    limits.evict_oldest_reader(handover);
+    tokio::spawn(async move {
+        // An error is no reader to turn away (the handover was dropped) or one that vanished.
+        if let Ok(Ok(slot)) = tokio::time::timeout(SLOT_WAIT, handed).await {
+            drop(waiting);
+            if let Err(e) = handle_connection(&agent, &limits, stream, slot).await {
+                tracing::debug!("API connection: {e}");
+            }
+            return;
+        }
+        limits.over_connections.refused();
+        refuse(stream, too_many_connections()).await;
+        drop(waiting);
+    });
+}
+
+fn too_many_connections() -> ApiResponse {
+    error(
+        ErrorKind::Unspecified,
+        format!("too many concurrent API connections (limit {MAX_CONNECTIONS}); try again"),
+    )
+}
+
+/// Answers a connection over every cap without a task: one non-blocking write of the answer
+/// (small enough for an empty socket buffer), then close.
+fn refuse_now(stream: UnixStream) {
+    // A fresh tokio stream may not know yet that it is writable: write through the std socket.
+    let Ok(mut stream) = stream.into_std() else {
+        return;
+    };
+    let body = too_many_connections().encode_to_vec();
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    let _ = std::io::Write::write(&mut stream, &frame);
+}
+
+/// Answers a connection that gets no slot, then reads and drops what the client sends for a
+/// moment, so that a client still writing its request reads the answer, not a broken pipe.
+async fn refuse(mut stream: UnixStream, response: ApiResponse) {
+    let written = tokio::time::timeout(REFUSAL_TIMEOUT, write_response(&mut stream, &response));
+    if !matches!(written.await, Ok(Ok(()))) {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut scratch = [0u8; 1024];
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN {
+            // A client that goes quiet has sent its request (or is stalling): stop there.
+            match tokio::time::timeout(REFUSAL_IDLE, stream.read(&mut scratch)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, drain).await;
+}
+
+/// Why a request could not be read.
+enum ReadError {
+    /// The client sent something unusable, or too slowly.
+    Invalid(String),
+    /// The request bytes in flight are at [`MAX_REQUEST_BYTES`].
+    OverBudget,
+    /// The connection was turned away to make room for a new one, which gets its slot.
+    Evicted(Handover),
+}
+
+async fn handle_connection(
+    agent: &Agent,
+    limits: &Limits,
+    mut stream: UnixStream,
+    slot: OwnedSemaphorePermit,
+) -> std::io::Result<()> {
+    let read = {
+        let (_reader, evict) = limits.reader();
+        tokio::select! {
+            read = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream, &limits.budget)) => {
+                read.unwrap_or_else(|_| {
+                    Err(ReadError::Invalid("timed out reading the request".into()))
+                })
+            }
+            Ok(handover) = evict => Err(ReadError::Evicted(handover)),
+        }
+    };
+    let (request, reservation) = match read {
+        Ok(read) => read,
+        Err(ReadError::Invalid(message)) => {
+            return respond(
+                &mut stream,
+                &error(ErrorKind::Invalid, message),
+                RESPONSE_TIMEOUT,
+            )
+            .await;
+        }
+        Err(ReadError::OverBudget) => {
+            limits.over_budget.refused();
+            let message = format!(
+                "too many API request bytes in flight (limit {} MiB); try again",
+                MAX_REQUEST_BYTES >> 20
+            );
+            let response = error(ErrorKind::Unspecified, message);
+            return respond(&mut stream, &response, REFUSAL_TIMEOUT).await;
+        }
+        Err(ReadError::Evicted(handover)) => {
+            limits.over_connections.refused();
+            let result = respond(&mut stream, &too_many_connections(), REFUSAL_TIMEOUT).await;
+            // Answered: the slot goes to the newcomer (or back to the pool if it gave up).
+            let _ = handover.send(slot);
+            return result;
+        }
+    };
+    if let ApiRequest {
+        kind: Some(Req::Capture(capture)),
+    } = request
+    {
+        // A stream owes nothing to the request budget, and runs in a capture slot rather than
+        // a connection slot, so long captures never crowd out short commands.
+        drop(reservation);
+        let Ok(capture_slot) = Arc::clone(&limits.captures).try_acquire_owned() else {
+            limits.over_captures.refused();
+            let message = format!("too many concurrent captures (limit {MAX_CAPTURES}); try again");
+            return respond(
+                &mut stream,
+                &error(ErrorKind::Unspecified, message),
+                REFUSAL_TIMEOUT,
+            )
+            .await;
+        };
+        drop(slot);
+        let result = stream_capture(agent, stream, capture).await;
+        drop(capture_slot);
+        return result;
+    }
+    // The decoded request stays charged to the budget until it is answered.
+    let response = handle(agent, request).await;
+    drop(reservation);
+    let result = respond(&mut stream, &response, RESPONSE_TIMEOUT).await;
+    drop(slot);
+    result
+}
+
+/// Writes `response` within `timeout` and closes the connection's sending side.
+async fn respond(
+    stream: &mut UnixStream,
+    response: &ApiResponse,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(timeout, write_response(stream, response))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "writing the response"))??;
     stream.shutdown().await
 }
 
-async fn read_request(stream: &mut UnixStream) -> Result<ApiRequest, String> {
+/// Reads one request frame. The buffer grows with the bytes that arrive (doubling from
+/// [`INITIAL_BUFFER`]), and each growth past [`INITIAL_BUFFER`] is charged to `budget` before it is
+/// allocated, so a client claiming a large frame costs only what it actually sends. The first
+/// [`INITIAL_BUFFER`] bytes are free (the connection cap bounds them) so that small requests are
+/// never refused while large ones hold the budget.
+async fn read_request(
+    stream: &mut UnixStream,
+    budget: &Arc<ByteBudget>,
+) -> Result<(ApiRequest, Reservation), ReadError> {
+    let reading = |e: std::io::Error| ReadError::Invalid(format!("reading the request: {e}"));
     let mut len = [0u8; 4];
-    stream
-        .read_exact(&mut len)
-        .await
-        .map_err(|e| format!("reading the request: {e}"))?;
+    stream.read_exact(&mut len).await.map_err(reading)?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(format!("request of {len} bytes is too large"));
+        return Err(ReadError::Invalid(format!(
+            "request of {len} bytes is too large (limit {MAX_FRAME} bytes)"
+        )));
     }
-    let mut body = vec![0u8; len];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| format!("reading the request: {e}"))?;
-    ApiRequest::decode(body.as_slice()).map_err(|e| format!("malformed request: {e}"))
+    let mut reservation = Reservation::new(budget);
+    let mut body: Vec<u8> = Vec::new();
+    while body.len() < len {
+        if body.len() == body.capacity() {
+            let want = (body.capacity() * 2).max(INITIAL_BUFFER).min(len);
+            let charge = want.saturating_sub(INITIAL_BUFFER);
+            if !reservation.grow(charge - reservation.bytes) {
+                return Err(ReadError::OverBudget);
+            }
+            body.reserve_exact(want - body.len());
+        }
+        // Into the spare capacity only: `take` keeps the read within the frame.
+        let rest = (len - body.len()) as u64;
+        let n = (&mut *stream)
+            .take(rest)
+            .read_buf(&mut body)
+            .await
+            .map_err(reading)?;
+        if n == 0 {
+            return Err(ReadError::Invalid(format!(
+                "reading the request: the client closed the connection after {} of {len} bytes",
+                body.len()
+            )));
+        }
+    }
+    let request = ApiRequest::decode(body.as_slice())
+        .map_err(|e| ReadError::Invalid(format!("malformed request: {e}")))?;
+    Ok((request, reservation))
 }
 
 fn error(kind: ErrorKind, message: String) -> ApiResponse {
@@ -121,7 +334,7 @@ fn from_submit(result: Result<Response, SubmitError>) -> ApiResponse {
         Err(SubmitError::Refused(e)) => ApiResponse {
             kind: Some(Resp::Error(e.to_proto())),
         },
-        Err(e @ SubmitError::NoQuorum(_)) => error(ErrorKind::Unspecified, e.to_string()),
+        Err(e) => error(ErrorKind::Unspecified, e.to_string()),
     }
 }
 
@@ -491,7 +704,104 @@ fn stats(agent: &Agent) -> ApiResponse {
     counters.insert("raft.commit_index".into(), view.commit_index);
     counters.insert("raft.applied_index".into(), view.applied_index);
     counters.insert("raft.leader_id".into(), view.leader_id.unwrap_or(0));
+    let ready = agent.ready.load(std::sync::atomic::Ordering::Relaxed);
+    counters.insert("agent.ready".into(), u64::from(ready));
+    let health = agent.driver.health();
+    counters.insert(
+        "storage.writable".into(),
+        u64::from(!health.storage_failed()),
+    );
+    counters.insert("storage.failures".into(), health.storage_failures());
+    counters.insert("storage.recoveries".into(), health.storage_recoveries());
     ApiResponse {
         kind: Some(Resp::Stats(Stats { counters })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::agent::admission::budget;
+
+    fn frame(len: u32, body: &[u8]) -> Vec<u8> {
+        let mut frame = len.to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    /// Sends `bytes` (then closes) and reads one request from the other end.
+    async fn read_from(
+        bytes: Vec<u8>,
+        budget: &Arc<ByteBudget>,
+    ) -> Result<(ApiRequest, Reservation), ReadError> {
+        let (mut client, mut server) = UnixStream::pair().expect("socket pair");
+        let writer = tokio::spawn(async move {
+            let _ = client.write_all(&bytes).await;
+        });
+        let read = read_request(&mut server, budget).await;
+        drop(server);
+        let _ = writer.await;
+        read
+    }
+
+    fn message(read: Result<(ApiRequest, Reservation), ReadError>) -> String {
+        match read {
+            Err(ReadError::Invalid(message)) => message,
+            Err(ReadError::OverBudget) => "over budget".into(),
+            Err(ReadError::Evicted(_)) => "evicted".into(),
+            Ok((request, _)) => format!("read {request:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn small_requests_need_no_budget_and_large_claims_cost_what_arrives() {
+        let none = budget(0);
+        let stats = ApiRequest {
+            kind: Some(Req::Stats(vxnet_proto::Empty {})),
+        }
+        .encode_to_vec();
+        let (request, reservation) = match read_from(frame(stats.len() as u32, &stats), &none).await
+        {
+            Ok(read) => read,
+            Err(_) => panic!("a small request reads without budget"),
+        };
+        assert!(matches!(request.kind, Some(Req::Stats(_))));
+        assert_eq!(reservation.bytes, 0);
+
+        let claim = message(read_from(frame(MAX_FRAME as u32, b"abc"), &none).await);
+        assert_eq!(
+            claim,
+            format!(
+                "reading the request: the client closed the connection after 3 of {MAX_FRAME} bytes"
+            )
+        );
+        let too_large = message(read_from(frame(MAX_FRAME as u32 + 1, b""), &none).await);
+        assert_eq!(
+            too_large,
+            format!(
+                "request of {} bytes is too large (limit {MAX_FRAME} bytes)",
+                MAX_FRAME + 1
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_budget_is_refused_and_gives_its_bytes_back() {
+        let small = budget(1 << 20);
+        let big = vec![0u8; 2 << 20];
+        let read = read_from(frame(big.len() as u32, &big), &small).await;
+        assert_eq!(message(read), "over budget");
+        assert_eq!(small.used.load(Ordering::Acquire), 0);
+
+        // Within the budget, the buffer is charged past its free first part, then given back.
+        let ok = budget(4 << 20);
+        let read = read_from(frame(big.len() as u32, &big), &ok).await;
+        match read {
+            Err(ReadError::Invalid(m)) if m.starts_with("malformed request") => {}
+            other => panic!("expected a malformed request, got {}", message(other)),
+        }
+        assert_eq!(ok.used.load(Ordering::Acquire), 0);
     }
 }

@@ -63,6 +63,14 @@ struct Flags {
     /// [default: 100]; 0 sleeps at once (least CPU, more latency).
     #[arg(long, value_name = "MICROSECONDS")]
     busy_poll: Option<u64>,
+    /// Test builds: panic at SITE (`raft`, `reconcile`) after --fault-after-ms.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true, value_name = "SITE")]
+    fault_panic: Option<String>,
+    /// Test builds: when the injected fault fires.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true, default_value_t = 0)]
+    fault_after_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +82,11 @@ fn main() -> ExitCode {
         )
         .with_ansi(false)
         .init();
+    vxnet::fault::exit_on_panic();
+    #[cfg(feature = "fault-injection")]
+    if let Some(site) = &flags.fault_panic {
+        vxnet::fault::arm_panic(site, std::time::Duration::from_millis(flags.fault_after_ms));
+    }
     let file = match &flags.config {
         Some(path) => match Settings::from_file(path) {
             Ok(settings) => settings,
@@ -112,8 +125,9 @@ fn main() -> ExitCode {
     match runtime.block_on(Agent::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Once logging is up, one timestamped line says it all.
             tracing::error!("{e}");
-            fail(&e)
+            ExitCode::FAILURE
         }
     }
 }

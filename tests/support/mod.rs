@@ -63,6 +63,22 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// `(transmitted, received)` from ping's summary line.
+pub fn ping_counts(output: &str) -> (u32, u32) {
+    let line = output
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in: {output}"));
+    let mut numbers = line
+        .split(',')
+        .map(|part| part.split_whitespace().next().unwrap_or(""))
+        .map(|n| n.parse::<u32>().unwrap_or(u32::MAX));
+    (
+        numbers.next().unwrap_or(u32::MAX),
+        numbers.next().unwrap_or(u32::MAX),
+    )
+}
+
 /// One agent process.
 pub struct Agent {
     pub name: String,
@@ -72,6 +88,8 @@ pub struct Agent {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub args: Vec<String>,
+    /// Another `vxnetd` to run (an earlier release, for upgrade tests); `None`: this build's.
+    pub binary: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -92,10 +110,27 @@ impl Agent {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// The exit status once the agent has ended (`None` while it runs or was never started).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Starts the agent (its command line may have been changed meanwhile).
+    pub fn start(&mut self) {
+        self.spawn();
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::File::create(&self.log).expect("create agent log");
+        let binary = self
+            .binary
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vxnetd")));
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns, env!("CARGO_BIN_EXE_vxnetd")])
+            .args(["netns", "exec", &self.netns])
+            .arg(&binary)
             .args(&self.args)
             .env(
                 "RUST_LOG",
@@ -153,6 +188,22 @@ impl Agent {
         out.trim()
             .parse()
             .unwrap_or_else(|_| panic!("VNI of {network}: {out:?}"))
+    }
+
+    /// The leader this agent knows of, by name (`None` if none or the API does not answer).
+    pub fn leader_name(&self) -> Option<String> {
+        let out = self.cli(&["cluster", "members", "--format", "json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+        rows.iter()
+            .find(|m| m["leader"] == true)
+            .and_then(|m| m["name"].as_str().map(str::to_string))
+    }
+
+    /// One value of `vxnet stats` (`None` if absent or the API does not answer).
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        let out = self.cli(&["stats", "--format", "json"]);
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        stats.get(name)?.as_u64()
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -256,6 +307,7 @@ impl Cluster {
                 api,
                 data_dir,
                 args,
+                binary: None,
                 child: None,
             });
         }
@@ -272,6 +324,20 @@ impl Cluster {
             cluster.wait_members(options.hosts);
         }
         cluster
+    }
+
+    /// Starts the agents of a cluster made with `start_agents: false` (after changing their
+    /// command lines, binaries or data dirs): h1 first, then the others; waits for all members.
+    pub fn start_agents(&mut self) {
+        self.agents[0].start();
+        self.wait_api(0);
+        for agent in &mut self.agents[1..] {
+            agent.start();
+        }
+        for i in 1..self.agents.len() {
+            self.wait_api(i);
+        }
+        self.wait_members(self.agents.len());
     }
 
     fn add_netns(&mut self, name: &str) {
