@@ -23,6 +23,13 @@ fn record_offsets(wal: &[u8]) -> Vec<usize> {
     offsets
 }
 
+/// How many entries the record at `at` carries (payload: `[hs_len u32][hs][n u32]...`).
+fn entries_in(wal: &[u8], at: usize) -> u32 {
+    let u32_at = |i: usize| u32::from_le_bytes([wal[i], wal[i + 1], wal[i + 2], wal[i + 3]]);
+    let hs_len = u32_at(at + 9) as usize;
+    u32_at(at + 13 + hs_len)
+}
+
 /// Starts h3 on the damaged WAL and expects a refusal naming `wal` and `offset`; checks the
 /// data dir is unchanged and returns how long the refusal took.
 fn expect_refusal(cluster: &mut Cluster, wal: &Path, offset: usize, what: &str) -> Duration {
@@ -36,7 +43,11 @@ fn expect_refusal(cluster: &mut Cluster, wal: &Path, offset: usize, what: &str) 
     );
     let took = started.elapsed();
     let log = std::fs::read_to_string(&cluster.agents[2].log).unwrap_or_default();
-    assert!(!status.success(), "{what}: h3 must not start; log: {log}");
+    assert_eq!(
+        status.code(),
+        Some(78),
+        "{what}: h3 must not start; log: {log}"
+    );
     let needle = format!("{} is corrupt at byte {offset}", wal.display());
     assert!(
         log.contains(&needle),
@@ -115,20 +126,66 @@ fn damaged_wal_is_refused_torn_tail_is_recovered_and_rejoin_works() {
     std::fs::write(&wal, &damaged).expect("write wal");
     let t3 = expect_refusal(&mut cluster, &wal, victim, "a zero-filled region");
 
-    // A cut-off final record is a torn write: h3 starts, and catches up from the leader.
-    std::fs::write(&wal, &original[..original.len() - 3]).expect("write wal");
+    // A crash mid-append leaves a partial record after the last whole one (or a zero-filled
+    // tail): a torn write, never acknowledged. h3 cuts it and starts with everything.
+    for (what, tail) in [
+        ("a partial record", {
+            let mut t = 300u32.to_le_bytes().to_vec();
+            t.extend_from_slice(&[0xab; 40]);
+            t
+        }),
+        ("a zero-filled tail", vec![0u8; 4096]),
+    ] {
+        let mut torn = original.clone();
+        torn.extend_from_slice(&tail);
+        std::fs::write(&wal, &torn).expect("write wal");
+        cluster.agents[2].restart();
+        cluster.wait_api(2);
+        let ls = cluster.agents[2].vxnet(&["network", "ls"]);
+        assert!(ls.contains("w11") && ls.contains("wal"), "{what}: {ls}");
+        let log = std::fs::read_to_string(&cluster.agents[2].log).unwrap_or_default();
+        assert!(log.contains("torn"), "{what}: torn tail logged: {log}");
+        cluster.assert_ping(&c1, &ip3, 2, "");
+        cluster.agents[2].kill();
+        let kept = std::fs::read(&wal).expect("read wal");
+        assert!(
+            kept.len() >= original.len() && kept[..original.len()] == original[..],
+            "{what}: every whole record kept"
+        );
+    }
+
+    // A damaged final record may have been acknowledged (damage after the fsync): it is cut
+    // like a torn write (it cannot be told from one), and the node says it lost acknowledged
+    // entries but neither panics nor stops: it catches up from the leader.
+    // Keep the log up to its last record that carries entries and damage that one: the node
+    // then lacks an entry the leader knows it acknowledged.
+    let now = std::fs::read(&wal).expect("read wal");
+    let last = record_offsets(&now)
+        .into_iter()
+        .filter(|&at| entries_in(&now, at) > 0)
+        .last()
+        .expect("a record with entries");
+    let len = u32::from_le_bytes([now[last], now[last + 1], now[last + 2], now[last + 3]]);
+    let mut cut = now[..last + 9 + len as usize].to_vec();
+    cut[last + 9] ^= 0xff;
+    std::fs::write(&wal, &cut).expect("write wal");
     cluster.agents[2].restart();
     cluster.wait_api(2);
+    cluster.agents[0].vxnet(&["network", "create", "after-damage"]);
     wait_for(
-        "h3 to have everything again",
+        "h3 to catch up after losing its last record",
         Duration::from_secs(20),
         || {
             let ls = cluster.agents[2].vxnet(&["network", "ls"]);
-            (ls.contains("w11") && ls.contains("wal")).then_some(())
+            (ls.contains("after-damage") && ls.contains("w11")).then_some(())
         },
     );
+    assert!(cluster.agents[2].is_running(), "no panic");
     let log = std::fs::read_to_string(&cluster.agents[2].log).unwrap_or_default();
-    assert!(log.contains("torn"), "torn tail logged: {log}");
+    assert!(
+        log.contains("lost log entries it had acknowledged"),
+        "the loss is reported: {log}"
+    );
     cluster.assert_ping(&c1, &ip3, 2, "");
 
     // The documented recovery of a damaged data dir: remove the host, move the dir, re-join.

@@ -27,7 +27,7 @@ use prost::Message as _;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
-    Message, Snapshot,
+    Message, MessageType, Snapshot,
 };
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole, Storage};
 use vxnet_proto::{Proposal, RegisterHost, command};
@@ -505,7 +505,24 @@ impl Node {
     }
 
     /// Feeds a Raft message received from a peer.
-    pub fn step(&mut self, msg: Message) -> Result<(), NodeError> {
+    pub fn step(&mut self, mut msg: Message) -> Result<(), NodeError> {
+        if msg.get_msg_type() == MessageType::MsgHeartbeat {
+            // The leader names as committed only what this node acknowledged. A commit beyond
+            // our log means this node lost acknowledged entries (its WAL's final record was
+            // damaged after it was acknowledged, and recovery cut it as a torn write): raft-rs
+            // would panic ("to_commit is out of range") on every heartbeat. Commit what we have;
+            // the leader resends the rest with its next append.
+            let last = self.raw.raft.raft_log.last_index();
+            if msg.commit > last {
+                tracing::error!(
+                    leader_commit = msg.commit,
+                    last_index = last,
+                    "this node lost log entries it had acknowledged (a damaged final WAL \
+                     record?); catching up from the leader"
+                );
+                msg.commit = last;
+            }
+        }
         let r = self.raw.step(msg);
         self.fix_election_timeout();
         Ok(r?)

@@ -82,6 +82,9 @@ pub enum AgentError {
     /// A bad combination of flags or an unusable data dir.
     #[error("{0}")]
     Config(String),
+    /// The data dir is damaged: starting again cannot help (see [`AgentError::exit_code`]).
+    #[error("{0}")]
+    DataDirDamaged(String),
     /// The Raft node failed.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -94,6 +97,18 @@ pub enum AgentError {
     /// The API socket could not be served.
     #[error("API socket: {0}")]
     Api(#[from] std::io::Error),
+}
+
+impl AgentError {
+    /// The process exit status for this error: 78 (EX_CONFIG) for a damaged data dir, which
+    /// the systemd unit lists in `RestartPreventExitStatus` (restarting cannot repair it and
+    /// would only repeat the message), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::DataDirDamaged(_) => 78,
+            _ => 1,
+        }
+    }
 }
 
 /// Why a write did not happen.
@@ -581,7 +596,7 @@ impl Agent {
 fn open_error(config: &AgentConfig, e: NodeError) -> AgentError {
     match e {
         NodeError::Storage(e @ vxnet_controlplane::storage::StorageError::Corrupt { .. }) => {
-            AgentError::Config(format!(
+            AgentError::DataDirDamaged(format!(
                 "{e}\nThe data dir is damaged and vxnetd will not guess which acknowledged \
                  entries it lost, so it changes nothing and stops. Recovery: on another host, \
                  `vxnet cluster rm {name}` (this frees the host's endpoints: reconnect its \

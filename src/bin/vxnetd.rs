@@ -127,7 +127,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Once logging is up, one timestamped line says it all.
             tracing::error!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
