@@ -1,8 +1,7 @@
 //! The agent's local API: length-prefixed `prost` messages over a Unix socket.
 //!
-//! A frame is a 4-byte big-endian length and that many bytes of one message. One request, one
-//! response per connection; frames above [`MAX_FRAME`] are refused before anything is allocated,
-//! and a frame's buffer grows with the bytes that arrive, not with the length its sender claims.
+//! One request, one response per connection, each one frame of vxnet's one framing
+//! ([`vxnet_proto::frame`]: a 4-byte big-endian length and that many bytes of one message).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -11,10 +10,12 @@ use std::time::Duration;
 
 use prost::Message;
 use thiserror::Error;
+use vxnet_proto::frame::FrameError;
 use vxnet_proto::{ApiRequest, ApiResponse};
 
-/// Largest API frame (a `network inspect` of a large cluster fits easily).
-pub const MAX_FRAME: usize = 16 << 20;
+/// Largest API frame: the one limit of vxnet's framing (a `network inspect` of a large cluster
+/// fits easily).
+pub const MAX_FRAME: usize = vxnet_proto::frame::MAX_FRAME;
 
 /// The default socket path (`-H`, `VXNET_HOST`).
 pub const DEFAULT_SOCKET: &str = "/run/vxnet/vxnet.sock";
@@ -44,32 +45,28 @@ pub enum ApiError {
 
 /// Writes one frame.
 pub fn write_frame(w: &mut impl Write, msg: &impl Message) -> Result<(), ApiError> {
-    let body = msg.encode_to_vec();
-    let len = u32::try_from(body.len()).map_err(|_| ApiError::FrameTooLarge(body.len()))?;
-    w.write_all(&len.to_be_bytes())?;
-    w.write_all(&body)?;
+    w.write_all(&vxnet_proto::frame::to_vec(msg).map_err(frame_error)?)?;
     w.flush()?;
     Ok(())
 }
 
-/// Reads one frame's bytes; the buffer grows as they arrive, up to [`MAX_FRAME`].
+/// Reads one frame's bytes (growing with what arrives, never with what the length claims).
 pub fn read_frame_bytes(r: &mut impl Read) -> Result<Vec<u8>, ApiError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(ApiError::FrameTooLarge(len));
+    match vxnet_proto::frame::read_blocking(r, MAX_FRAME).map_err(frame_error)? {
+        Some(body) => Ok(body),
+        None => Err(ApiError::Io(std::io::ErrorKind::UnexpectedEof.into())),
     }
-    // Grow with the bytes that arrive rather than trusting the claimed length up front.
-    let mut body = Vec::with_capacity(len.min(4 << 10));
-    r.take(len as u64).read_to_end(&mut body)?;
-    if body.len() < len {
-        return Err(ApiError::Io(std::io::Error::new(
+}
+
+fn frame_error(e: FrameError) -> ApiError {
+    match e {
+        FrameError::TooLarge { len, .. } => ApiError::FrameTooLarge(len),
+        FrameError::Io(e) => ApiError::Io(e),
+        e => ApiError::Io(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
-            format!("frame ended after {} of {len} bytes", body.len()),
-        )));
+            e.to_string(),
+        )),
     }
-    Ok(body)
 }
 
 /// Sends `request` to the agent at `socket` and waits for its answer.

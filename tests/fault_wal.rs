@@ -162,8 +162,8 @@ fn damaged_wal_is_refused_torn_tail_is_recovered_and_rejoin_works() {
     let now = std::fs::read(&wal).expect("read wal");
     let last = record_offsets(&now)
         .into_iter()
-        .filter(|&at| entries_in(&now, at) > 0)
-        .last()
+        .rev()
+        .find(|&at| entries_in(&now, at) > 0)
         .expect("a record with entries");
     let len = u32::from_le_bytes([now[last], now[last + 1], now[last + 2], now[last + 3]]);
     let mut cut = now[..last + 9 + len as usize].to_vec();

@@ -1,8 +1,9 @@
 //! Peer transport: agents talk over TCP with length-prefixed [`PeerEnvelope`] frames.
 //!
-//! Wire format: a 4-byte big-endian length, then one prost-encoded [`PeerEnvelope`]. Frames
-//! above [`MAX_FRAME_LEN`] are refused before anything is allocated for them; before the
-//! handshake the limit is [`MAX_HANDSHAKE_FRAME_LEN`], so a stranger cannot make us allocate.
+//! Wire format: vxnet's one framing ([`vxnet_proto::frame`]) of prost-encoded
+//! [`PeerEnvelope`]s. Frames above [`MAX_FRAME_LEN`] are refused before anything is allocated
+//! for them; before the handshake the limit is [`MAX_HANDSHAKE_FRAME_LEN`], so a stranger
+//! cannot make us allocate.
 //!
 //! Handshake (every connection, both directions of trust):
 //! 1. the server sends `Hello { nonce: 16 random bytes }`;
@@ -38,6 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
+use vxnet_proto::frame::{self, FrameError};
 use vxnet_proto::peer_envelope::Body;
 use vxnet_proto::{
     ForwardRequest, ForwardResponse, Hello, JoinRequest, JoinResponse, PeerEnvelope,
@@ -45,8 +47,9 @@ use vxnet_proto::{
 
 use crate::node::{decode_raft_message, encode_raft_message};
 
-/// Largest frame accepted after the handshake (snapshots can be a few MB).
-pub const MAX_FRAME_LEN: usize = 64 << 20;
+/// Largest frame accepted after the handshake: the one limit of vxnet's framing (snapshots can
+/// be a few MB).
+pub const MAX_FRAME_LEN: usize = frame::MAX_FRAME;
 /// Largest frame accepted during the handshake (a `Hello` is well under 1 KiB).
 pub const MAX_HANDSHAKE_FRAME_LEN: usize = 4096;
 /// Default per-peer outbound queue length.
@@ -806,19 +809,17 @@ async fn rpc<T>(
 
 /// Appends `len BE || envelope` to `out`; nothing is appended on error.
 fn encode_frame(env: &PeerEnvelope, out: &mut Vec<u8>) -> Result<(), TransportError> {
-    let len = env.encoded_len();
-    let too_large = TransportError::FrameTooLarge {
-        len,
-        max: MAX_FRAME_LEN,
-    };
-    if len > MAX_FRAME_LEN {
-        return Err(too_large);
+    frame::encode(env, out).map_err(TransportError::from)
+}
+
+impl From<FrameError> for TransportError {
+    fn from(e: FrameError) -> TransportError {
+        match e {
+            FrameError::TooLarge { len, max } => TransportError::FrameTooLarge { len, max },
+            FrameError::Io(e) => TransportError::Io(e),
+            FrameError::Truncated { .. } | FrameError::OverBudget { .. } => TransportError::Closed,
+        }
     }
-    let prefix = u32::try_from(len).map_err(|_| too_large)?;
-    out.reserve(4 + len);
-    out.extend_from_slice(&prefix.to_be_bytes());
-    env.encode(out)?;
-    Ok(())
 }
 
 async fn write_envelope<W: AsyncWrite + Unpin>(
@@ -836,31 +837,10 @@ async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<PeerEnvelope>, TransportError> {
-    let mut prefix = [0u8; 4];
-    let mut got = 0;
-    while got < prefix.len() {
-        let n = r.read(&mut prefix[got..]).await?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(TransportError::Closed)
-            };
-        }
-        got += n;
+    match frame::read(r, max, |_| true).await? {
+        Some(body) => Ok(Some(PeerEnvelope::decode(body.as_slice())?)),
+        None => Ok(None),
     }
-    let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
-    if len > max {
-        return Err(TransportError::FrameTooLarge { len, max });
-    }
-    // Grow with the bytes that actually arrive: a length prefix alone commits no memory.
-    let mut buf = Vec::with_capacity(len.min(READ_BUF));
-    let limit = u64::try_from(len).unwrap_or(u64::MAX);
-    let n = r.take(limit).read_to_end(&mut buf).await?;
-    if n < len {
-        return Err(TransportError::Closed);
-    }
-    Ok(Some(PeerEnvelope::decode(buf.as_slice())?))
 }
 
 fn random_nonce() -> Result<Vec<u8>, TransportError> {

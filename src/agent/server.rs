@@ -33,6 +33,7 @@ use super::admission::{
 };
 use super::{Agent, SubmitError, random_id, unix_ms};
 use crate::api::MAX_FRAME;
+use vxnet_proto::frame::{self, FrameError, INITIAL_BUFFER};
 
 /// Binds the API socket, replacing a stale socket file left by a previous run.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -77,9 +78,6 @@ const SLOT_WAIT: Duration = Duration::from_secs(2);
 /// Bytes a refused connection may send before it is closed (its request is read and dropped so
 /// that the client sees the refusal instead of a broken pipe).
 const REFUSAL_DRAIN: usize = 64 << 10;
-
-/// First capacity of a request buffer; larger requests double it as their bytes arrive.
-const INITIAL_BUFFER: usize = 4 << 10;
 
 /// Accepts connections until the runtime stops.
 pub async fn serve(agent: Arc<Agent>, listener: UnixListener) {
@@ -145,10 +143,9 @@ fn refuse_now(stream: UnixStream) {
     let Ok(mut stream) = stream.into_std() else {
         return;
     };
-    let body = too_many_connections().encode_to_vec();
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    let _ = std::io::Write::write(&mut stream, &frame);
+    if let Ok(frame) = frame::to_vec(&too_many_connections()) {
+        let _ = std::io::Write::write(&mut stream, &frame);
+    }
 }
 
 /// Answers a connection that gets no slot, then reads and drops what the client sends for a
@@ -269,49 +266,38 @@ async fn respond(
     stream.shutdown().await
 }
 
-/// Reads one request frame. The buffer grows with the bytes that arrive (doubling from
-/// [`INITIAL_BUFFER`]), and each growth past [`INITIAL_BUFFER`] is charged to `budget` before it is
-/// allocated, so a client claiming a large frame costs only what it actually sends. The first
-/// [`INITIAL_BUFFER`] bytes are free (the connection cap bounds them) so that small requests are
-/// never refused while large ones hold the budget.
+/// Reads one request frame. The buffer grows with the bytes that arrive, and each growth past
+/// the first [`INITIAL_BUFFER`] bytes (which the connection cap bounds) is charged to `budget`
+/// before it is allocated, so a client claiming a large frame costs only what it sends.
 async fn read_request(
     stream: &mut UnixStream,
     budget: &Arc<ByteBudget>,
 ) -> Result<(ApiRequest, Reservation), ReadError> {
-    let reading = |e: std::io::Error| ReadError::Invalid(format!("reading the request: {e}"));
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.map_err(reading)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(ReadError::Invalid(format!(
-            "request of {len} bytes is too large (limit {MAX_FRAME} bytes)"
-        )));
-    }
     let mut reservation = Reservation::new(budget);
-    let mut body: Vec<u8> = Vec::new();
-    while body.len() < len {
-        if body.len() == body.capacity() {
-            let want = (body.capacity() * 2).max(INITIAL_BUFFER).min(len);
-            let charge = want.saturating_sub(INITIAL_BUFFER);
-            if !reservation.grow(charge - reservation.bytes) {
-                return Err(ReadError::OverBudget);
-            }
-            body.reserve_exact(want - body.len());
+    let mut admit = |capacity: usize| {
+        let charge = capacity.saturating_sub(INITIAL_BUFFER);
+        reservation.grow(charge.saturating_sub(reservation.bytes))
+    };
+    let body = match frame::read(stream, MAX_FRAME, &mut admit).await {
+        Ok(Some(body)) => body,
+        Ok(None) => {
+            return Err(ReadError::Invalid(
+                "reading the request: the client closed the connection".into(),
+            ));
         }
-        // Into the spare capacity only: `take` keeps the read within the frame.
-        let rest = (len - body.len()) as u64;
-        let n = (&mut *stream)
-            .take(rest)
-            .read_buf(&mut body)
-            .await
-            .map_err(reading)?;
-        if n == 0 {
+        Err(FrameError::TooLarge { len, max }) => {
             return Err(ReadError::Invalid(format!(
-                "reading the request: the client closed the connection after {} of {len} bytes",
-                body.len()
+                "request of {len} bytes is too large (limit {max} bytes)"
             )));
         }
-    }
+        Err(FrameError::OverBudget { .. }) => return Err(ReadError::OverBudget),
+        Err(FrameError::Truncated { got, len }) => {
+            return Err(ReadError::Invalid(format!(
+                "reading the request: the client closed the connection after {got} of {len} bytes"
+            )));
+        }
+        Err(e) => return Err(ReadError::Invalid(format!("reading the request: {e}"))),
+    };
     let request = ApiRequest::decode(body.as_slice())
         .map_err(|e| ReadError::Invalid(format!("malformed request: {e}")))?;
     Ok((request, reservation))
@@ -478,10 +464,13 @@ async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
     }
 }
 
-async fn write_response(stream: &mut UnixStream, response: &ApiResponse) -> std::io::Result<()> {
-    let body = response.encode_to_vec();
-    stream.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    stream.write_all(&body).await
+/// Writes one response frame.
+pub(super) async fn write_response(
+    stream: &mut UnixStream,
+    response: &ApiResponse,
+) -> std::io::Result<()> {
+    let frame = frame::to_vec(response).map_err(std::io::Error::other)?;
+    stream.write_all(&frame).await
 }
 
 /// Answers `Ok`, then streams the network's mirrored frames as a pcap file until `count` frames

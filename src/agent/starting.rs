@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
+use vxnet_proto::frame;
 use vxnet_proto::{
     ApiRequest, ApiResponse, ApplyFailure, ErrorKind, Stats, api_request::Kind as Req,
     api_response::Kind as Resp,
@@ -40,18 +41,9 @@ pub async fn answer_while_starting(
 }
 
 async fn answer(mut stream: UnixStream, phase: String) -> std::io::Result<()> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    let request = if len <= MAX_STARTING_REQUEST {
-        let mut body = Vec::new();
-        (&mut stream)
-            .take(len as u64)
-            .read_to_end(&mut body)
-            .await?;
-        ApiRequest::decode(body.as_slice()).ok()
-    } else {
-        None
+    let request = match frame::read(&mut stream, MAX_STARTING_REQUEST, |_| true).await {
+        Ok(Some(body)) => ApiRequest::decode(body.as_slice()).ok(),
+        _ => None,
     };
     let response = match request.and_then(|r| r.kind) {
         Some(Req::Stats(_)) => ApiResponse {
@@ -66,8 +58,6 @@ async fn answer(mut stream: UnixStream, phase: String) -> std::io::Result<()> {
             })),
         },
     };
-    let body = response.encode_to_vec();
-    stream.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    stream.write_all(&body).await?;
+    super::server::write_response(&mut stream, &response).await?;
     stream.shutdown().await
 }
