@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use vxnet_proto::{Endpoint, Host, Network};
 
@@ -13,31 +14,15 @@ pub fn short_id(id: &str) -> &str {
     id.get(..SHORT_ID).unwrap_or(id)
 }
 
-/// `2026-11-23T15:41:48.123Z` from milliseconds since the Unix epoch (RFC 3339, UTC).
+/// `2026-11-23T15:41:48.123Z` from milliseconds since the Unix epoch (RFC 3339, UTC, always
+/// three fractional digits, as docker prints `Created`).
 pub fn rfc3339(unix_ms: u64) -> String {
-    let (secs, ms) = (unix_ms / 1000, unix_ms % 1000);
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    // Only a corrupt clock goes past jiff's range (the end of year 9999): show its last instant.
+    let ts = i64::try_from(unix_ms)
+        .ok()
+        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(Timestamp::MAX);
+    format!("{ts:.3}")
 }
 
 /// `docker network inspect`'s JSON for one network (plus vxnet's `Host`/`Peers` details).
@@ -244,6 +229,8 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_444_908_123), "2026-11-23T14:41:48.123Z");
+        assert_eq!(rfc3339(253_402_207_199_999), "9999-12-30T21:59:59.999Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-30T22:00:00.999Z");
     }
 
     #[test]
