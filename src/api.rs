@@ -24,13 +24,12 @@ pub const DEFAULT_SOCKET: &str = "/run/vxnet/vxnet.sock";
 #[derive(Debug, Error)]
 pub enum ApiError {
     /// The socket could not be reached.
-    #[error("Cannot connect to the vxnet daemon at unix://{path}. Is vxnetd running? ({source})")]
+    #[error("Cannot connect to the vxnet daemon at unix://{path}. Is vxnetd running? ({cause})")]
     Connect {
         /// The socket path.
         path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (in the message, not as a source: error chains would print it twice).
+        cause: std::io::Error,
     },
     /// Reading or writing failed.
     #[error("API socket: {0}")]
@@ -85,9 +84,9 @@ pub fn call_streaming(
     request: &ApiRequest,
     timeout: Duration,
 ) -> Result<(ApiResponse, UnixStream), ApiError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| ApiError::Connect {
+    let mut stream = UnixStream::connect(socket).map_err(|cause| ApiError::Connect {
         path: socket.display().to_string(),
-        source,
+        cause,
     })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;

@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release --workspace && sudo target/release/raft_commit
-//! sudo target/release/raft_commit --writes 500 --threads 8 --json raft_commit.json
+//! sudo target/release/raft_commit --writes 500 --threads 8 --out bench/results
 //! ```
 //!
 //! Root is needed (namespaces). `vxnetd` is taken from `--vxnetd PATH`, else `$VXNETD`, else next
@@ -14,19 +14,21 @@
 //!
 //! Phases: N sequential writes through the leader, N through a follower (forwarded to the
 //! leader, then read-your-writes on the follower), then T client threads spread over the three
-//! agents for writes/s. Prints a table (p50, p99, max, writes/s) and writes the same as JSON.
-//! Everything it made (agents, namespaces, files) is removed on exit, on Ctrl-C/SIGTERM and on
-//! panic; the agents also die with it if it is killed (PR_SET_PDEATHSIG).
+//! agents for writes/s. Prints a table (p50, p99, max, writes/s) and writes the same as JSON to
+//! `<out>/raft_commit.json` (or `--json PATH`). Everything it made (agents, namespaces, files)
+//! is removed on exit, on Ctrl-C/SIGTERM and on panic; the agents also die with it if it is
+//! killed (PR_SET_PDEATHSIG).
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
 use serde_json::{Value, json};
 use vxnet::api;
+use vxnet_bench::cleanup::{CleanupGuard, install_signal_handlers, register_dir};
+use vxnet_bench::netns::{AgentSpec, Proc, build_underlay, log_tail, wait_for};
+use vxnet_bench::stats::nearest_rank;
 use vxnet_proto::{
     ApiRequest, CreateNetwork, Empty, MemberList, NamesRequest, api_request::Kind as Req,
     api_response::Kind as Resp,
@@ -35,98 +37,28 @@ use vxnet_proto::{
 const HOSTS: usize = 3;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What must go away whatever happens.
-struct Resources {
-    pids: Vec<i32>,
-    netns: Vec<String>,
-    dir: Option<PathBuf>,
-}
-
-static RESOURCES: Mutex<Resources> = Mutex::new(Resources {
-    pids: Vec::new(),
-    netns: Vec::new(),
-    dir: None,
-});
-
-fn resources() -> std::sync::MutexGuard<'static, Resources> {
-    RESOURCES.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Kills the agents, deletes the namespaces and the files. Idempotent.
-fn cleanup() {
-    let mut r = resources();
-    for pid in r.pids.drain(..) {
-        // SAFETY: plain syscalls on a pid this process spawned (and has not reaped yet).
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-    }
-    for ns in r.netns.drain(..).rev() {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns])
-            .stderr(Stdio::null())
-            .status();
-    }
-    if let Some(dir) = r.dir.take() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-/// Runs cleanup when main returns or unwinds.
-struct CleanupGuard;
-
-impl Drop for CleanupGuard {
-    fn drop(&mut self) {
-        cleanup();
-    }
-}
-
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
-    }
-}
-
-/// Blocks SIGINT/SIGTERM/SIGHUP in every thread (call before any is spawned) and handles them
-/// on a dedicated thread: clean up, then exit 128+signal.
-fn handle_signals() {
-    let set = signal_set();
-    // SAFETY: set is initialised; blocking signals in the calling (main) thread only.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: set is initialised and blocked in every thread (they inherit the mask).
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            eprintln!("raft_commit: signal {sig}: cleaning up");
-            cleanup();
-            std::process::exit(128 + sig);
-        }
-    });
-}
-
-fn sh(cmd: &str) -> Result<()> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output()?;
-    if !out.status.success() {
-        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim_end());
-    }
-    Ok(())
-}
-
-fn add_netns(name: &str) -> Result<()> {
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stderr(Stdio::null())
-        .status();
-    sh(&format!("ip netns add {name}"))?;
-    resources().netns.push(name.to_string());
-    Ok(())
+/// raft_commit: Raft commit latency and write throughput on three vxnet agents (needs root)
+#[derive(Parser, Debug)]
+#[command(name = "raft_commit", args_override_self = true)]
+struct Cli {
+    /// Sequential writes per phase (at least 2)
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    writes: usize,
+    /// Client threads of the concurrent phase
+    #[arg(long, value_name = "T", default_value_t = 8)]
+    threads: usize,
+    /// Writes of the concurrent phase [default: 2 × --writes]
+    #[arg(long, value_name = "M")]
+    concurrent_writes: Option<usize>,
+    /// Where raft_commit.json goes
+    #[arg(long, value_name = "DIR", default_value = "bench/results")]
+    out: PathBuf,
+    /// Write the JSON to this file instead of <DIR>/raft_commit.json
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Agent binary [default: next to this binary]
+    #[arg(long, value_name = "PATH", env = "VXNETD")]
+    vxnetd: Option<PathBuf>,
 }
 
 struct Opts {
@@ -137,35 +69,9 @@ struct Opts {
     vxnetd: PathBuf,
 }
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: raft_commit [--writes N (500)] [--threads T (8)] [--concurrent-writes M (2N)] \
-         [--json PATH (raft_commit.json)] [--vxnetd PATH]"
-    );
-    std::process::exit(2)
-}
-
 fn parse_opts() -> Result<Opts> {
-    let mut writes = 500;
-    let mut threads = 8;
-    let mut concurrent_writes = None;
-    let mut json = PathBuf::from("raft_commit.json");
-    let mut vxnetd = std::env::var_os("VXNETD").map(PathBuf::from);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage());
-        match arg.as_str() {
-            "--writes" => writes = value().parse().context("--writes")?,
-            "--threads" => threads = value().parse().context("--threads")?,
-            "--concurrent-writes" => {
-                concurrent_writes = Some(value().parse().context("--concurrent-writes")?)
-            }
-            "--json" => json = value().into(),
-            "--vxnetd" => vxnetd = Some(value().into()),
-            _ => usage(),
-        }
-    }
-    let vxnetd = match vxnetd {
+    let cli = Cli::parse();
+    let vxnetd = match cli.vxnetd {
         Some(p) => p,
         None => std::env::current_exe()?
             .parent()
@@ -179,10 +85,10 @@ fn parse_opts() -> Result<Opts> {
         );
     }
     Ok(Opts {
-        writes: writes.max(2),
-        threads: threads.max(1),
-        concurrent_writes: concurrent_writes.unwrap_or(2 * writes),
-        json,
+        writes: cli.writes.max(2),
+        threads: cli.threads.max(1),
+        concurrent_writes: cli.concurrent_writes.unwrap_or(2 * cli.writes),
+        json: cli.json.unwrap_or_else(|| cli.out.join("raft_commit.json")),
         vxnetd,
     })
 }
@@ -190,93 +96,57 @@ fn parse_opts() -> Result<Opts> {
 struct Host {
     name: String,
     api: PathBuf,
+    /// The agent, killed when the host is dropped.
+    _agent: Proc,
+}
+
+/// Where the agents keep their data, sockets and logs.
+fn work_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("vxnet-raft-commit-{}", std::process::id()))
 }
 
 /// Builds the switch and host namespaces and starts one agent per host.
 fn build_cluster(vxnetd: &Path) -> Result<Vec<Host>> {
     let prefix = format!("vxb{}", std::process::id() % 10_000);
-    let dir = std::env::temp_dir().join(format!("vxnet-raft-commit-{}", std::process::id()));
+    let dir = work_dir();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    resources().dir = Some(dir.clone());
-    let switch = format!("{prefix}-sw");
-    add_netns(&switch)?;
-    sh(&format!(
-        "ip -n {switch} link add br0 type bridge && ip -n {switch} link set br0 up"
-    ))?;
-    let mut hosts = Vec::new();
-    for i in 1..=HOSTS {
-        let ns = format!("{prefix}-h{i}");
-        add_netns(&ns)?;
-        sh(&format!(
-            "ip link add {prefix}u{i} netns {ns} type veth peer name {prefix}s{i} netns {switch} \
-             && ip -n {ns} link set {prefix}u{i} name ul0 \
-             && ip -n {ns} addr add 192.168.200.{i}/24 dev ul0 \
-             && ip -n {ns} link set ul0 up && ip -n {ns} link set lo up \
-             && ip -n {switch} link set {prefix}s{i} master br0 up"
-        ))?;
-        let name = format!("h{i}");
+    register_dir(dir.clone());
+    let netns = build_underlay(&prefix, HOSTS)?;
+    let mut hosts: Vec<Host> = Vec::new();
+    for (i, ns) in netns.iter().enumerate() {
+        let name = format!("h{}", i + 1);
         let api = dir.join(format!("{name}.sock"));
-        let underlay = format!("192.168.200.{i}");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns])
-            .arg(vxnetd)
-            .args(["--name", &name, "--underlay", &underlay])
-            .arg("--data-dir")
-            .arg(dir.join(&name))
-            .arg("--peer-listen")
-            .arg(format!("{underlay}:7946"))
-            .arg("--api")
-            .arg(&api)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        if i == 1 {
-            cmd.arg("--bootstrap");
-        } else {
-            cmd.args(["--join", "192.168.200.1:7946"]);
+        // Agents are spawned from the main thread, which lives until exit: they die with us.
+        let agent = AgentSpec {
+            vxnetd,
+            netns: ns,
+            index: i + 1,
+            name: &name,
+            data_dir: dir.join(&name),
+            api: &api,
+            log: &dir.join(format!("{name}.log")),
+            default_log_level: "warn",
+            extra_args: &[
+                "--peer-listen".to_string(),
+                format!("192.168.200.{}:7946", i + 1),
+            ],
+            die_with_parent: true,
         }
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        // SAFETY: only async-signal-safe calls between fork and exec: the agent gets the
-        // default signal mask back and dies with this process (it is spawned from the main
-        // thread, which lives until exit).
-        unsafe {
-            cmd.pre_exec(|| {
-                let set = signal_set();
-                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning vxnetd")?;
-        resources().pids.push(child.id() as i32);
-        // The pid is reaped by cleanup(); the handle is not needed.
-        std::mem::forget(child);
-        hosts.push(Host { name, api });
-        if i == 1 {
-            wait_until("h1's API", Duration::from_secs(30), || {
-                Ok(members(&hosts[0].api).is_ok())
+        .spawn()
+        .context("spawning vxnetd")?;
+        hosts.push(Host {
+            name,
+            api,
+            _agent: agent,
+        });
+        if i == 0 {
+            wait_for("h1's API", Duration::from_secs(30), || {
+                members(&hosts[0].api).ok()
             })?;
         }
     }
     Ok(hosts)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("timed out after {timeout:?} waiting for {what}")
 }
 
 fn call(socket: &Path, kind: Req) -> Result<Resp> {
@@ -297,18 +167,15 @@ fn members(socket: &Path) -> Result<MemberList> {
 
 /// Index of the leader, once every agent reports three voters and the same leader.
 fn wait_for_voters(hosts: &[Host]) -> Result<usize> {
-    let mut leader = 0;
-    wait_until(
+    wait_for(
         "three voters and one leader",
         Duration::from_secs(60),
         || {
             let mut seen = Vec::new();
             for host in hosts {
-                let Ok(list) = members(&host.api) else {
-                    return Ok(false);
-                };
+                let list = members(&host.api).ok()?;
                 if list.members.len() != HOSTS || list.members.iter().any(|m| m.role != "voter") {
-                    return Ok(false);
+                    return None;
                 }
                 let name = list
                     .members
@@ -320,14 +187,12 @@ fn wait_for_voters(hosts: &[Host]) -> Result<usize> {
             }
             match seen.first() {
                 Some(Some(name)) if seen.iter().all(|s| s.as_ref() == Some(name)) => {
-                    leader = hosts.iter().position(|h| &h.name == name).unwrap_or(0);
-                    Ok(true)
+                    Some(hosts.iter().position(|h| &h.name == name).unwrap_or(0))
                 }
-                _ => Ok(false),
+                _ => None,
             }
         },
-    )?;
-    Ok(leader)
+    )
 }
 
 /// One write: `network create NAME` or `network rm NAME`.
@@ -364,11 +229,11 @@ struct Phase {
 }
 
 impl Phase {
+    /// The `p`-th percentile (0..=100) of the latencies.
     fn percentile(&self, p: f64) -> Duration {
         let mut sorted = self.latencies.clone();
         sorted.sort();
-        let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-        sorted[i]
+        nearest_rank(&sorted, p).unwrap_or_default()
     }
 
     fn max(&self) -> Duration {
@@ -384,8 +249,8 @@ impl Phase {
         let mean = self.latencies.iter().sum::<Duration>() / self.latencies.len().max(1) as u32;
         json!({
             "writes": self.latencies.len(),
-            "p50_ms": ms(self.percentile(0.50)),
-            "p99_ms": ms(self.percentile(0.99)),
+            "p50_ms": ms(self.percentile(50.0)),
+            "p99_ms": ms(self.percentile(99.0)),
             "max_ms": ms(self.max()),
             "mean_ms": ms(mean),
             "wall_s": self.wall.as_secs_f64(),
@@ -466,8 +331,8 @@ fn run(opts: &Opts) -> Result<Value> {
             "{:<24} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>9.1}",
             p.name,
             p.latencies.len(),
-            ms(p.percentile(0.50)),
-            ms(p.percentile(0.99)),
+            ms(p.percentile(50.0)),
+            ms(p.percentile(99.0)),
             ms(p.max()),
             p.writes_per_s()
         );
@@ -490,7 +355,13 @@ fn run(opts: &Opts) -> Result<Value> {
 }
 
 fn main() {
-    handle_signals();
+    if let Err(e) = install_signal_handlers(|sig| {
+        eprintln!("raft_commit: signal {sig}: cleaning up");
+        128 + sig
+    }) {
+        eprintln!("raft_commit: {e:#}");
+        std::process::exit(2);
+    }
     let opts = match parse_opts() {
         Ok(o) => o,
         Err(e) => {
@@ -505,22 +376,18 @@ fn main() {
     }
     let guard = CleanupGuard;
     let result = run(&opts);
-    if result.is_err() {
-        let dir = resources().dir.clone();
+    if result.is_err() && work_dir().is_dir() {
         for i in 1..=HOSTS {
-            if let Some(log) = dir.as_ref().map(|d| d.join(format!("h{i}.log"))) {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!(
-                    "--- h{i} log tail ---\n{}",
-                    lines[lines.len().saturating_sub(20)..].join("\n")
-                );
-            }
+            let log = work_dir().join(format!("h{i}.log"));
+            eprintln!("--- h{i} log tail ---\n{}", log_tail(&log, 20));
         }
     }
     drop(guard);
     match result.and_then(|report| {
         let text = serde_json::to_string_pretty(&report)?;
+        if let Some(dir) = opts.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
         std::fs::write(&opts.json, text + "\n")
             .with_context(|| format!("writing {}", opts.json.display()))?;
         eprintln!("raft_commit: wrote {}", opts.json.display());
