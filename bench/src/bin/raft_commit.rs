@@ -26,13 +26,14 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::{Value, json};
 use vxnet::api;
-use vxnet_bench::cleanup::{CleanupGuard, install_signal_handlers, register_dir};
-use vxnet_bench::netns::{AgentSpec, Proc, build_underlay, log_tail, wait_for};
-use vxnet_bench::stats::nearest_rank;
 use vxnet_proto::{
     ApiRequest, CreateNetwork, Empty, MemberList, NamesRequest, api_request::Kind as Req,
     api_response::Kind as Resp,
 };
+use vxnet_testkit::agent::{AgentCmd, agent_args};
+use vxnet_testkit::cleanup::{CleanupGuard, install_signal_handlers, register_dir};
+use vxnet_testkit::netns::{Proc, build_underlay, log_tail, prefix, wait_for};
+use vxnet_testkit::stats::nearest_rank;
 
 const HOSTS: usize = 3;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,30 +108,22 @@ fn work_dir() -> PathBuf {
 
 /// Builds the switch and host namespaces and starts one agent per host.
 fn build_cluster(vxnetd: &Path) -> Result<Vec<Host>> {
-    let prefix = format!("vxb{}", std::process::id() % 10_000);
     let dir = work_dir();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     register_dir(dir.clone());
-    let netns = build_underlay(&prefix, HOSTS)?;
+    let netns = build_underlay(&prefix("brc"), HOSTS, 1500)?;
     let mut hosts: Vec<Host> = Vec::new();
     for (i, ns) in netns.iter().enumerate() {
         let name = format!("h{}", i + 1);
         let api = dir.join(format!("{name}.sock"));
         // Agents are spawned from the main thread, which lives until exit: they die with us.
-        let agent = AgentSpec {
+        let agent = AgentCmd {
             vxnetd,
             netns: ns,
-            index: i + 1,
-            name: &name,
-            data_dir: dir.join(&name),
-            api: &api,
+            args: &agent_args(i + 1, &name, &dir.join(&name), &api),
             log: &dir.join(format!("{name}.log")),
             default_log_level: "warn",
-            extra_args: &[
-                "--peer-listen".to_string(),
-                format!("192.168.200.{}:7946", i + 1),
-            ],
             die_with_parent: true,
         }
         .spawn()

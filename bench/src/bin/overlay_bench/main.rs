@@ -42,7 +42,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use vxnet_bench::cleanup::{CleanupGuard, cleanup, install_signal_handlers, register_dir};
+use vxnet_testkit::cleanup::{CleanupGuard, cleanup, install_signal_handlers, register_dir};
 
 use crate::measure::Machine;
 use crate::probes::Probe;

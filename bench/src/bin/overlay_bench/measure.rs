@@ -1,5 +1,7 @@
 //! CPU accounting from /proc, and the facts about this machine that go with the results.
 
+use vxnet_testkit::procfs::{clk_tck, cpu_jiffies, machine_jiffies};
+
 /// CPU time in jiffies, machine-wide and of the agents, at one instant.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuSnap {
@@ -11,11 +13,11 @@ pub struct CpuSnap {
 impl CpuSnap {
     /// Now, with `agent_pids` as the agents.
     pub fn take(agent_pids: &[u32]) -> CpuSnap {
-        let (softirq, busy) = proc_stat_jiffies();
+        let (softirq, busy) = machine_jiffies();
         CpuSnap {
             softirq,
             busy,
-            agents: agent_pids.iter().map(|&p| proc_cpu_jiffies(p)).sum(),
+            agents: agent_pids.iter().map(|&p| cpu_jiffies(p)).sum(),
         }
     }
 
@@ -39,38 +41,6 @@ pub struct CpuSeconds {
     pub softirq: f64,
     /// All non-idle time over all CPUs.
     pub busy: f64,
-}
-
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// (softirq, busy) jiffies summed over all CPUs, from /proc/stat's first line.
-fn proc_stat_jiffies() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = text.lines().next().unwrap_or_default();
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let get = |i: usize| v.get(i).copied().unwrap_or(0);
-    // user nice system idle iowait irq softirq steal
-    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-    (get(6), busy)
-}
-
-/// utime + stime (all threads) of a process, in jiffies.
-fn proc_cpu_jiffies(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(rest) = text.rsplit_once(") ").map(|(_, r)| r) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
 }
 
 /// What the numbers depend on: the kernel, the CPUs and how busy the machine was.

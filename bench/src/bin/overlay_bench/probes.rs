@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
-use vxnet_bench::stats::percentile;
+use vxnet_testkit::stats::percentile;
 
 /// Datagrams per sendmmsg/recvmmsg call.
 const BATCH: usize = 64;

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use vxnet_bench::stats::median;
+use vxnet_testkit::stats::median;
 
 use crate::measure::{Machine, loadavg};
 use crate::topology::Kind;

@@ -1,14 +1,14 @@
 //! The three topologies measured side by side, each two hosts on an underlay with one
 //! container per host: no overlay (routed), kernel VXLAN, vxnet agents.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use serde_json::{Value, json};
-use vxnet_bench::netns::{
-    AgentSpec, Proc, add_netns, build_underlay, log_tail, sh, sh_output, wait_for,
+use vxnet_testkit::agent::{AgentCmd, agent_args, vxnet_cli, wait_api, wait_members};
+use vxnet_testkit::netns::{
+    Proc, add_netns, build_underlay, ipv4_of, log_tail, ping, prefix, sh, wait_for,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,12 +29,12 @@ impl Kind {
         }
     }
 
-    /// The letter in its namespace names.
+    /// The tag in its namespace names.
     fn tag(self) -> &'static str {
         match self {
-            Kind::NoOverlay => "n",
-            Kind::KernelVxlan => "k",
-            Kind::Vxnet => "v",
+            Kind::NoOverlay => "bn",
+            Kind::KernelVxlan => "bk",
+            Kind::Vxnet => "bv",
         }
     }
 }
@@ -125,8 +125,8 @@ impl Topo {
 
 /// Builds topology `kind` and waits until container 1 reaches container 2.
 pub fn build(kind: Kind, paths: &Paths) -> Result<Topo> {
-    let prefix = format!("vxb{}-{}", std::process::id(), kind.tag());
-    let hosts = build_underlay(&prefix, 2)?;
+    let prefix = prefix(kind.tag());
+    let hosts = build_underlay(&prefix, 2, 1500)?;
     let containers = [format!("{prefix}-c1"), format!("{prefix}-c2")];
     for c in &containers {
         add_netns(c)?;
@@ -189,7 +189,7 @@ pub fn build(kind: Kind, paths: &Paths) -> Result<Topo> {
         &format!("{} reachability", kind.name()),
         Duration::from_secs(30),
         || {
-            sh_output(&format!("ip netns exec {c1} ping -n -q -c 1 -W 1 {dst}"))
+            ping(c1, &dst, "-q -c 1 -W 1")
                 .ok()
                 .filter(|o| o.status.success())
         },
@@ -204,42 +204,24 @@ fn build_vxnet(topo: &mut Topo, paths: &Paths) -> Result<()> {
         let name = format!("h{}", i + 1);
         let api = paths.tmp.join(format!("{name}.sock"));
         let log = paths.tmp.join(format!("{name}.log"));
-        let proc = AgentSpec {
+        let data_dir = paths.tmp.join(format!("vxnet-{name}"));
+        let mut args = agent_args(i + 1, &name, &data_dir, &api);
+        args.extend(paths.agent_args.iter().cloned());
+        let proc = AgentCmd {
             vxnetd: &paths.vxnetd,
             netns: host,
-            index: i + 1,
-            name: &name,
-            data_dir: paths.tmp.join(format!("vxnet-{name}")),
-            api: &api,
+            args: &args,
             log: &log,
             default_log_level: "info",
-            extra_args: &paths.agent_args,
             die_with_parent: false,
         }
         .spawn()?;
-        wait_for(&format!("{name} API"), Duration::from_secs(30), || {
-            vxnet_cli(&paths.vxnet, &api, &["cluster", "members"])
-                .ok()
-                .filter(|o| o.status.success())
-        })
-        .map_err(|e| anyhow!("{e}\n--- log ---\n{}", log_tail(&log, 30)))?;
+        wait_api(&paths.vxnet, &api, &name)
+            .map_err(|e| anyhow!("{e}\n--- log ---\n{}", log_tail(&log, 30)))?;
         topo.agents.push(Agent { name, api, proc });
     }
     for agent in &topo.agents {
-        wait_for(
-            &format!("{} to see 2 members", agent.name),
-            Duration::from_secs(60),
-            || {
-                let out = vxnet_cli(
-                    &paths.vxnet,
-                    &agent.api,
-                    &["cluster", "members", "--format", "json"],
-                )
-                .ok()?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                (out.status.success() && text.matches("\"name\"").count() == 2).then_some(())
-            },
-        )?;
+        wait_members(&paths.vxnet, &agent.api, &agent.name, 2)?;
     }
     topo.vxnet(
         0,
@@ -255,23 +237,4 @@ fn build_vxnet(topo: &mut Topo, paths: &Paths) -> Result<()> {
     }
     topo.dst = ipv4_of(&topo.containers[1], "eth0")?;
     Ok(())
-}
-
-fn vxnet_cli(cli: &Path, api: &Path, args: &[&str]) -> Result<Output> {
-    Ok(Command::new(cli)
-        .arg("-H")
-        .arg(api)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-fn ipv4_of(ns: &str, ifname: &str) -> Result<String> {
-    let out = sh(&format!("ip -n {ns} -4 -o addr show dev {ifname}"))?;
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("no IPv4 on {ifname} in {ns}: {out}"))
 }

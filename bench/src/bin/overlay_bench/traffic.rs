@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use vxnet_bench::netns::{Proc, sh_output};
-use vxnet_bench::stats::percentile;
+use vxnet_testkit::netns::{Proc, ping as ping_in};
+use vxnet_testkit::stats::percentile;
 
 use crate::measure::CpuSnap;
 use crate::topology::Topo;
@@ -28,10 +28,11 @@ pub const PING_INTERVAL_S: f64 = 0.005;
 pub type Figures = BTreeMap<&'static str, f64>;
 
 pub fn ping(topo: &Topo, count: u32) -> Result<Figures> {
-    let out = sh_output(&format!(
-        "ip netns exec {} ping -n -c {count} -i {PING_INTERVAL_S} -W 1 {}",
-        topo.containers[0], topo.dst
-    ))?;
+    let out = ping_in(
+        &topo.containers[0],
+        &topo.dst,
+        &format!("-c {count} -i {PING_INTERVAL_S} -W 1"),
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut us: Vec<f64> = text
         .lines()

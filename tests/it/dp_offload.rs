@@ -8,19 +8,10 @@
 //! `offload_throughput_on_vs_off` (ignored; run it with `--release -- --ignored --nocapture`)
 //! measures iperf3 single-stream throughput with the engine on and off.
 
-mod support;
-
-use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
-
-/// `vxnet stats --format json` of `agent`.
-fn stats(agent: &Agent) -> BTreeMap<String, u64> {
-    let out = agent.vxnet(&["stats", "--format", "json"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats JSON: {e}: {out}"))
-}
+use crate::support::*;
 
 /// (packets, bytes) the kernel handed to the agent through TAP `dev` (its "tx") and the agent
 /// wrote into the kernel (its "rx").
@@ -31,9 +22,7 @@ struct TapCounters {
 }
 
 fn tap_counters(ns: &str, dev: &str) -> TapCounters {
-    let out = sh(&format!("ip -n {ns} -s -j link show dev {dev}"));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
-    let s = &v[0]["stats64"];
+    let s = link_stats64(ns, dev);
     let get = |dir: &str, what: &str| s[dir][what].as_u64().unwrap_or(0);
     TapCounters {
         to_agent: (get("tx", "packets"), get("tx", "bytes")),
@@ -160,7 +149,7 @@ fn offload_on_streams_super_frames() {
         eprintln!("dp_offload: iperf3 not installed, skipped");
     }
     for agent in &cluster.agents {
-        let s = stats(agent);
+        let s = agent.stats();
         assert_eq!(s.get("drop.bad_gso"), Some(&0), "{}: {s:?}", agent.name);
         assert_eq!(
             s.get("drop.udp_send_error"),
@@ -179,37 +168,10 @@ fn offload_on_streams_super_frames() {
     cluster.assert_ping(&c2, &ip1, 3, "");
 }
 
-/// A sink and a source over IPv6 (the overlay carries any L2 traffic):
-/// "<bytes> <sha256>" from each end.
-const TCP6_SINK: &str = r#"
-import hashlib, socket
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", 5002)); s.listen(1)
-print("listening", flush=True)
-c, _ = s.accept(); h = hashlib.sha256(); n = 0
-while True:
-    d = c.recv(1 << 16)
-    if not d: break
-    h.update(d); n += len(d)
-print(n, h.hexdigest(), flush=True)
-"#;
-
-const TCP6_SOURCE: &str = r#"
-import hashlib, random, socket, sys
-host, n = sys.argv[1], int(sys.argv[2])
-rng = random.Random(11); h = hashlib.sha256(); sent = 0
-c = socket.create_connection((host, 5002), timeout=30)
-while sent < n:
-    d = rng.randbytes(min(1 << 16, n - sent)); c.sendall(d); h.update(d); sent += len(d)
-c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
-print(sent, h.hexdigest(), flush=True)
-"#;
-
 /// TCP over IPv6 (hand-made ULAs, neighbour discovery flooded): TSO6 super-frames are segmented
 /// and coalesced like IPv4 ones, and 64 MiB arrive intact.
 #[test]
 fn offload_ipv6_stream() {
-    use std::io::{BufRead, BufReader};
     if !require_root("offload_ipv6_stream") {
         return;
     }
@@ -231,35 +193,9 @@ fn offload_ipv6_stream() {
             .success()
             .then_some(())
     });
-    let sink = cluster.dir().join("tcp6_sink.py");
-    let source = cluster.dir().join("tcp6_source.py");
-    std::fs::write(&sink, TCP6_SINK).expect("write sink");
-    std::fs::write(&source, TCP6_SOURCE).expect("write source");
-    let mut receiver = Command::new("ip")
-        .args(["netns", "exec", &c2, "python3"])
-        .arg(&sink)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn sink");
-    let mut lines = BufReader::new(receiver.stdout.take().expect("stdout")).lines();
-    assert_eq!(
-        lines.next().and_then(Result::ok).as_deref(),
-        Some("listening")
-    );
     let (tx0, rx0) = (tap_counters(&h1, &tap), tap_counters(&h2, &tap));
-    let sent = sh(&format!(
-        "timeout 120 ip netns exec {c1} python3 {} {ll} {}",
-        source.display(),
-        64 << 20
-    ));
-    let received = lines.next().and_then(Result::ok).unwrap_or_default();
-    let _ = receiver.wait();
+    assert_transfer(&cluster, &c1, &c2, &ll, 64 << 20);
     let (tx1, rx1) = (tap_counters(&h1, &tap), tap_counters(&h2, &tap));
-    assert!(
-        sent.starts_with(&(64usize << 20).to_string()),
-        "sender: {sent}"
-    );
-    assert_eq!(sent.trim(), received.trim(), "bytes and sha256 match");
     let sender_avg = avg(tx1.to_agent, tx0.to_agent);
     let receiver_avg = avg(rx1.from_agent, rx0.from_agent);
     eprintln!(
@@ -269,7 +205,7 @@ fn offload_ipv6_stream() {
     assert!(sender_avg > 3000, "TSO6 super-frames: {sender_avg} B");
     assert!(receiver_avg > 3000, "coalesced TCPv6: {receiver_avg} B");
     for agent in &cluster.agents {
-        assert_eq!(stats(agent).get("drop.bad_gso"), Some(&0));
+        assert_eq!(agent.stats().get("drop.bad_gso"), Some(&0));
     }
 }
 
@@ -286,9 +222,9 @@ fn offload_too_big_segments_get_frag_needed() {
     for c in [&c1, &c2] {
         sh(&format!("ip -n {c} link set dev eth0 mtu 1500"));
     }
-    let before = stats(&cluster.agents[0]);
+    let before = cluster.agents[0].stats();
     assert_transfer(&cluster, &c1, &c2, &ip2, 16 << 20);
-    let after = stats(&cluster.agents[0]);
+    let after = cluster.agents[0].stats();
     let too_big = after["drop.too_big"] - before["drop.too_big"];
     assert!(
         too_big > 0,
@@ -465,7 +401,7 @@ fn offload_off_plain_path() {
         "without offload the TAP hands over MTU-sized frames: {sender_avg} B"
     );
     for agent in &cluster.agents {
-        let s = stats(agent);
+        let s = agent.stats();
         assert_eq!(s.get("drop.bad_gso"), Some(&0), "{}: {s:?}", agent.name);
     }
 }

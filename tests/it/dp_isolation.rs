@@ -3,14 +3,12 @@
 //! MAC, on-link) still cannot reach it: the router only forwards within a VNI, so nothing from A
 //! is ever delivered into B, on the same host or across the underlay.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use support::capture::*;
-use support::*;
+use crate::support::capture::*;
+use crate::support::*;
 use vxnet_dataplane::wire::{EtherType, EthernetFrame, Ipv4Packet, MacAddr};
 
 /// The inner IPv4 source and destination of an Ethernet frame, if it carries IPv4.
@@ -20,14 +18,6 @@ fn ipv4_addrs<T: AsRef<[u8]>>(frame: &EthernetFrame<T>) -> Option<(Ipv4Addr, Ipv
     }
     let ip = Ipv4Packet::new_checked(frame.payload()).ok()?;
     Some((ip.src_addr(), ip.dst_addr()))
-}
-
-fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A container: its namespace, host index, IPv4 and MAC.

@@ -1,6 +1,8 @@
 //! A process-wide registry of what a harness made (namespaces, processes, directories), emptied
 //! on normal exit ([`CleanupGuard`]), on error (call [`cleanup`]), on panic (the guard unwinds)
-//! and on SIGINT/SIGTERM/SIGHUP ([`install_signal_handlers`]).
+//! and on SIGINT/SIGTERM/SIGHUP ([`install_signal_handlers`]). An owner that removes its own
+//! namespaces earlier (a test's cluster, on drop) does so with [`crate::netns::del_netns`],
+//! which also takes them off the registry: tests in one process never clean up each other's.
 
 use std::io::Read as _;
 use std::os::fd::FromRawFd;
@@ -39,6 +41,11 @@ pub fn register_netns(name: &str) {
         drop(r);
         cleanup();
     }
+}
+
+/// Forgets a namespace that its owner deleted.
+pub fn unregister_netns(name: &str) {
+    registry().namespaces.retain(|n| n != name);
 }
 
 /// Records a child process to kill (and reap) on cleanup.
@@ -84,21 +91,26 @@ pub fn cleanup() {
     }
     let namespaces: Vec<String> = r.namespaces.drain(..).collect();
     for ns in namespaces.iter().rev() {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse() {
-                    kill_pid(pid);
-                }
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(Stdio::null())
-            .status();
+        remove_netns(ns);
     }
     for dir in r.dirs.drain(..) {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Kills the processes left in namespace `ns` (all ours) and deletes it; quiet if it is gone.
+pub(crate) fn remove_netns(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse() {
+                kill_pid(pid);
+            }
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Runs [`cleanup`] when dropped: at the end of `main`'s scope or while a panic unwinds.

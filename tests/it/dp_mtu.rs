@@ -5,13 +5,11 @@
 //! router drops them (counted as `drop.too_big`) and answers ICMP "fragmentation needed" with the
 //! network MTU, so the sender learns the path MTU and traffic flows again (no black hole).
 
-mod support;
-
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use support::capture::*;
-use support::*;
+use crate::support::capture::*;
+use crate::support::*;
 use vxnet_dataplane::wire::{
     EtherType, EthernetFrame, Icmpv4Packet, Ipv4Packet, icmpv4, ip_protocol,
 };
@@ -28,14 +26,6 @@ fn link_attr(ns: &str, ifname: &str, attr: &str) -> u32 {
 
 fn link_mtu(ns: &str, ifname: &str) -> u32 {
     link_attr(ns, ifname, "mtu")
-}
-
-fn stdout(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// An ICMP "fragmentation needed" seen in a capture.
@@ -105,13 +95,8 @@ fn mtu_and_path_mtu_discovery() {
             ..ClusterOptions::default()
         },
     );
-    cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.51.0.0/24", "mtunet"]);
-    let c1 = cluster.container();
-    let c2 = cluster.container();
-    cluster.agents[0].vxnet(&["network", "connect", "mtunet", &c1]);
-    cluster.agents[1].vxnet(&["network", "connect", "mtunet", &c2]);
-    let ip1: Ipv4Addr = cluster.ipv4_of(&c1, "eth0").parse().unwrap();
-    let ip2: Ipv4Addr = cluster.ipv4_of(&c2, "eth0").parse().unwrap();
+    let Pair { c1, c2, ip1, ip2 } = cluster.pair("mtunet", "10.51.0.0/24");
+    let (ip1, ip2): (Ipv4Addr, Ipv4Addr) = (ip1.parse().unwrap(), ip2.parse().unwrap());
     let vni = cluster.agents[0].vni_of("mtunet");
 
     // The MTUs the agent chose, measured on the links.
@@ -148,16 +133,14 @@ fn mtu_and_path_mtu_discovery() {
     let host_veth = format!("vxv{}", &endpoint_id[..12]);
     assert_eq!(link_mtu(&h1, &host_veth), 65_521, "host veth end");
 
-    wait_for("ping c1 → c2", Duration::from_secs(20), || {
-        cluster
-            .ping(&c1, &ip2.to_string(), 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
+    cluster.wait_ping("ping c1 → c2", &c1, &ip2.to_string());
     // A full-size packet with DF: 1350 − 20 (IP) − 8 (ICMP) = 1322 bytes of payload.
     let out = cluster.ping(&c1, &ip2.to_string(), 3, "-M do -s 1322");
-    assert!(out.status.success(), "full-MTU DF ping: {}", stdout(&out));
+    assert!(
+        out.status.success(),
+        "full-MTU DF ping: {}",
+        output_text(&out)
+    );
     let too_big_before = counter(&cluster.agents[0], "drop.too_big");
     assert_eq!(too_big_before, 0, "nothing was too big yet");
 
@@ -171,7 +154,7 @@ fn mtu_and_path_mtu_discovery() {
     let big = sh_output(&format!(
         "ip netns exec {c1} ping -n -c 3 -i 0.2 -W 2 -M do -s 1472 {ip2}"
     ));
-    let big_text = stdout(&big);
+    let big_text = output_text(&big);
     let (frames, dropped) = capture.stop();
     assert!(
         !big.status.success(),
@@ -218,13 +201,13 @@ fn mtu_and_path_mtu_discovery() {
     assert!(
         out.status.success(),
         "DF ping at the PMTU: {}",
-        stdout(&out)
+        output_text(&out)
     );
     let out = cluster.ping(&c1, &ip2.to_string(), 3, "-M want -s 1472");
     assert!(
         out.status.success(),
         "1500-byte ping, fragmented: {}",
-        stdout(&out)
+        output_text(&out)
     );
     let too_big_after = counter(&cluster.agents[0], "drop.too_big");
     assert_eq!(

@@ -122,20 +122,12 @@ pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
     frames
 }
 
-/// `vxnet stats --format json`, as a map of counters.
-pub fn stats(agent: &Agent) -> serde_json::Map<String, serde_json::Value> {
-    let out = agent.vxnet(&["stats", "--format", "json"]);
-    match serde_json::from_str(&out).expect("stats JSON") {
-        serde_json::Value::Object(map) => map,
-        other => panic!("stats is not an object: {other}"),
-    }
-}
-
 /// One counter of `vxnet stats`.
 pub fn counter(agent: &Agent, name: &str) -> u64 {
-    stats(agent)
+    agent
+        .stats()
         .get(name)
-        .and_then(serde_json::Value::as_u64)
+        .copied()
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
@@ -167,4 +159,12 @@ pub fn decap(frame: &[u8]) -> Option<Encap> {
         vni: vxlan.vni(),
         inner: EthernetFrame::new_checked(vxlan.payload().to_vec()).ok()?,
     })
+}
+
+/// "0800:12 86dd:3": inner ethertypes (hex) and their counts.
+pub fn ethertypes<N: std::fmt::Display>(map: &std::collections::BTreeMap<u16, N>) -> String {
+    map.iter()
+        .map(|(t, n)| format!("{t:04x}:{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -2,13 +2,11 @@
 //! while two containers ping each other across h1 and h2. The ping loses nothing, every datagram
 //! is counted under the reason the router gives it, and the agent stays up.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// The blaster: builds 10 classes × 1,000 datagrams, shuffles them, sends them paced (bursts of
 /// 100 every 20 ms, ~2.5 s in all) and prints the count it expects under each drop reason as
@@ -84,12 +82,6 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[2], 0))
 for _ in range(int(sys.argv[3])): s.sendto(b"", (sys.argv[1], 4789))
 "#;
 
-/// `vxnet stats --format json` of `agent`.
-fn stats(agent: &Agent) -> BTreeMap<String, u64> {
-    let out = agent.vxnet(&["stats", "--format", "json"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats JSON: {e}: {out}"))
-}
-
 /// UDP counters of namespace `ns` (`/proc/net/snmp`): name → value.
 fn udp_snmp(ns: &str) -> BTreeMap<String, u64> {
     let text = sh(&format!("ip netns exec {ns} cat /proc/net/snmp"));
@@ -146,13 +138,10 @@ fn setup(tag: &str) -> Setup {
 
     // The attacker: a namespace of its own (cleaned up with the cluster) plugged into the switch.
     let attacker = cluster.container();
-    let (prefix, switch) = (&cluster.prefix, format!("{}-sw", cluster.prefix));
+    cluster.plug(&attacker, "pa");
     sh(&format!(
-        "ip -n {attacker} link add ul0 type veth peer name {prefix}sa netns {switch} \
-         && ip -n {switch} link set {prefix}sa master br0 up \
-         && ip -n {attacker} addr add 192.168.200.50/24 dev ul0 \
-         && ip -n {attacker} addr add 192.168.200.51/24 dev ul0 \
-         && ip -n {attacker} link set ul0 up"
+        "ip -n {attacker} addr add 192.168.200.50/24 dev ul0 \
+         && ip -n {attacker} addr add 192.168.200.51/24 dev ul0"
     ));
     cluster.agents[0].vxnet(&["fdb", "add", "blue", "--vtep", "192.168.200.50"]);
     wait_for("h1's FIB to list .50", Duration::from_secs(10), || {
@@ -162,13 +151,7 @@ fn setup(tag: &str) -> Setup {
             .then_some(())
     });
     let ip1 = cluster.ipv4_of(&c1, "eth0");
-    wait_for("ping c1 → c2", Duration::from_secs(20), || {
-        cluster
-            .ping(&c1, &ip2, 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
+    cluster.wait_ping("ping c1 → c2", &c1, &ip2);
     assert!(cluster.ping(&c2, &ip1, 1, "").status.success());
     Setup {
         cluster,
@@ -216,7 +199,7 @@ fn bad_datagrams_are_counted_and_harmless() {
     let h1 = cluster.host_ns(0).to_string();
     let blaster = cluster.dir().join("blaster.py");
     std::fs::write(&blaster, BLASTER).expect("write blaster");
-    let before = stats(&cluster.agents[0]);
+    let before = cluster.agents[0].stats();
     let udp_before = udp_snmp(&h1);
     let rx_before = before["net.blue.rx_packets"];
 
@@ -254,11 +237,11 @@ fn bad_datagrams_are_counted_and_harmless() {
 
     // Every datagram is counted (the workers may still be draining: wait for the total).
     wait_for("all bad datagrams counted", Duration::from_secs(10), || {
-        let d = drop_deltas(&before, &stats(&cluster.agents[0]));
+        let d = drop_deltas(&before, &cluster.agents[0].stats());
         (d.values().sum::<u64>() >= sent).then_some(())
     });
     std::thread::sleep(Duration::from_millis(300));
-    let after = stats(&cluster.agents[0]);
+    let after = cluster.agents[0].stats();
     let deltas = drop_deltas(&before, &after);
     let udp_after = udp_snmp(&h1);
     let udp_delta = |k: &str| udp_after[k] - udp_before[k];
@@ -306,7 +289,7 @@ fn empty_datagrams_are_counted() {
     let sender = cluster.dir().join("empty.py");
     std::fs::write(&sender, EMPTY_SENDER).expect("write sender");
     let h1 = cluster.host_ns(0).to_string();
-    let before = stats(&cluster.agents[0]);
+    let before = cluster.agents[0].stats();
     let udp_before = udp_snmp(&h1)["InDatagrams"];
     sh(&format!(
         "ip netns exec {attacker} python3 {} 192.168.200.1 192.168.200.50 100",
@@ -316,7 +299,7 @@ fn empty_datagrams_are_counted() {
         (udp_snmp(&h1)["InDatagrams"] - udp_before >= 100).then_some(())
     });
     std::thread::sleep(Duration::from_millis(500));
-    let deltas = drop_deltas(&before, &stats(&cluster.agents[0]));
+    let deltas = drop_deltas(&before, &cluster.agents[0].stats());
     assert_eq!(
         deltas.get("short_datagram").copied().unwrap_or(0),
         100,

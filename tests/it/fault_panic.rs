@@ -1,14 +1,11 @@
 //! No zombie agent: a panic on any thread (the Raft driver thread, a tokio task) ends the whole
 //! process with status 70 and a clear log line, instead of leaving an agent that serves stale
 //! reads. Needs the `fault-injection` feature (deploy/test.sh turns it on).
-#![cfg(feature = "fault-injection")]
-
-mod support;
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 fn panic_ends_the_process(tag: &str, site: &str, thread: &str) {
     let mut cluster = Cluster::new(

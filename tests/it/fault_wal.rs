@@ -4,12 +4,10 @@
 //! cut-off final record is a torn tail and h3 starts. Then the documented recovery: remove the
 //! host from the cluster, move its data dir away, re-join.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// Offsets of the WAL's records (`[len u32 LE][crc u32][kind u8][len bytes]`).
 fn record_offsets(wal: &[u8]) -> Vec<usize> {
@@ -88,13 +86,7 @@ fn damaged_wal_is_refused_torn_tail_is_recovered_and_rejoin_works() {
         cluster.agents[0].vxnet(&["network", "create", &format!("w{i}")]);
     }
     let ip3 = cluster.ipv4_of(&c3, "eth0");
-    wait_for("c1 → c3", Duration::from_secs(20), || {
-        cluster
-            .ping(&c1, &ip3, 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
+    cluster.wait_ping("c1 → c3", &c1, &ip3);
     wait_for("h3 to apply everything", Duration::from_secs(20), || {
         cluster.agents[2]
             .vxnet(&["network", "ls"])
@@ -200,13 +192,7 @@ fn damaged_wal_is_refused_torn_tail_is_recovered_and_rejoin_works() {
     let c3b = cluster.container();
     cluster.agents[2].vxnet(&["network", "connect", "wal", &c3b]);
     let ip3b = cluster.ipv4_of(&c3b, "eth0");
-    wait_for("c1 → c3b after re-join", Duration::from_secs(20), || {
-        cluster
-            .ping(&c1, &ip3b, 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
+    cluster.wait_ping("c1 → c3b after re-join", &c1, &ip3b);
     cluster.assert_ping(&c1, &ip3b, 2, "");
     eprintln!(
         "WAL damage: refused after {t1:?} / {t2:?} / {t3:?}; torn tail recovered; re-join ok"

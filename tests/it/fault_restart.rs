@@ -11,15 +11,13 @@
 //! The tests of this file run one at a time (a lock): they measure the time to the first correct
 //! answer, which two 3-agent clusters sharing the cores would distort.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -118,22 +116,12 @@ enum Read {
     NotReady(String),
 }
 
-fn output_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-    .trim()
-    .to_string()
-}
-
 /// A failed CLI call: "not found" denies what existed before the restart; anything else is an
 /// agent not ready yet.
 fn failed_read(what: &str, out: &Output) -> Read {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let text = if stderr.trim().is_empty() {
-        output_text(out)
+        output_text(out).trim().to_string()
     } else {
         stderr.trim().to_string()
     };

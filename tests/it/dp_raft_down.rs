@@ -1,18 +1,10 @@
 //! The data plane does not depend on Raft: killing the leader (kill -9) in the middle of a ping
 //! between containers on the two other hosts loses no packet, and the leader rejoins on restart.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
-
-/// The members `agent` lists, as JSON rows.
-fn members(agent: &Agent) -> Vec<serde_json::Value> {
-    let out = agent.vxnet(&["cluster", "members", "--format", "json"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("members JSON: {e}: {out}"))
-}
+use crate::support::*;
 
 /// Three hosts, h1 leads; containers on h2 and h3 ping each other every 50 ms (200 pings) while
 /// the leader is killed with SIGKILL after ~3 s: no echo is lost. Then h1 restarts and rejoins.
@@ -39,13 +31,7 @@ fn data_plane_survives_leader_kill() {
     cluster.agents[2].vxnet(&["network", "connect", "blue", &c3]);
     let ip3 = cluster.ipv4_of(&c3, "eth0");
     let ip2 = cluster.ipv4_of(&c2, "eth0");
-    wait_for("ping c2 → c3", Duration::from_secs(20), || {
-        cluster
-            .ping(&c2, &ip3, 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
+    cluster.wait_ping("ping c2 → c3", &c2, &ip3);
     // Warm both ARP caches so the measured ping starts on a settled path.
     assert!(cluster.ping(&c3, &ip2, 2, "").status.success());
 
@@ -96,7 +82,7 @@ fn data_plane_survives_leader_kill() {
         "h1 to see 3 reachable members",
         Duration::from_secs(30),
         || {
-            let rows = members(&cluster.agents[0]);
+            let rows = cluster.agents[0].members().expect("members JSON");
             (rows.len() == 3 && rows.iter().all(|m| m["reachable"] == true)).then_some(())
         },
     );

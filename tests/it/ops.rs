@@ -1,11 +1,9 @@
 //! Operating vxnet: Prometheus metrics and the one-command demo.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// Fetches http://127.0.0.1:9476/metrics from inside `ns`.
 fn scrape(cluster: &Cluster, ns: &str) -> String {
@@ -172,7 +170,7 @@ fn capture_100_pings_read_back_with_tshark() {
     if !require_root("capture_100_pings_read_back_with_tshark") {
         return;
     }
-    let mut cluster = Cluster::new("cp", ClusterOptions::default());
+    let mut cluster = Cluster::new("oc", ClusterOptions::default());
     // Warm up (ARP resolved) so the capture sees exactly the 100 requests and 100 replies.
     let Pair { c1, ip1, ip2, .. } = cluster.pair_on_network("cap", "10.32.0.0/24");
     let pcap = cluster.dir().join("cap.pcap");

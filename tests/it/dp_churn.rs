@@ -2,11 +2,9 @@
 //! forwarding entry behind, and an IP address that moves to another host is reachable there at
 //! once (no stale entry anywhere).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// Links of namespace `ns` whose names start with `prefix`.
 fn links_with_prefix(cluster: &Cluster, ns: &str, prefix: &str) -> Vec<String> {

@@ -2,28 +2,12 @@
 //! plane knows is answered by its own host's agent; no ARP request for it crosses the underlay.
 //! A request for an unknown address is flooded (the control case: the capture would see one).
 
-mod support;
-
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use support::capture::*;
-use support::*;
+use crate::support::capture::*;
+use crate::support::*;
 use vxnet_dataplane::wire::{ArpOperation, ArpPacket, EtherType, Ipv4Packet, MacAddr, ip_protocol};
-
-fn inspect(agent: &Agent, network: &str) -> serde_json::Value {
-    let text = agent.vxnet(&["network", "inspect", network]);
-    let value: serde_json::Value = serde_json::from_str(&text).expect("inspect JSON");
-    value[0].clone()
-}
-
-fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Flush both containers' neighbour caches, ping across once each way: the ARP requests are
 /// answered on the senders' hosts (entries REACHABLE with the peers' MACs) and the underlay
@@ -36,14 +20,9 @@ fn arp_is_answered_locally() {
     }
     let started = Instant::now();
     let mut cluster = Cluster::new("ar", ClusterOptions::default());
-    cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.52.0.0/24", "arpnet"]);
-    let c1 = cluster.container();
-    let c2 = cluster.container();
-    cluster.agents[0].vxnet(&["network", "connect", "arpnet", &c1]);
-    cluster.agents[1].vxnet(&["network", "connect", "arpnet", &c2]);
-    let ip1: Ipv4Addr = cluster.ipv4_of(&c1, "eth0").parse().unwrap();
-    let ip2: Ipv4Addr = cluster.ipv4_of(&c2, "eth0").parse().unwrap();
-    let net = inspect(&cluster.agents[0], "arpnet");
+    let Pair { c1, c2, ip1, ip2 } = cluster.pair("arpnet", "10.52.0.0/24");
+    let (ip1, ip2): (Ipv4Addr, Ipv4Addr) = (ip1.parse().unwrap(), ip2.parse().unwrap());
+    let net = cluster.agents[0].inspect("arpnet").expect("inspect arpnet");
     let vni: u32 = net["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
         .as_str()
         .and_then(|v| v.parse().ok())
@@ -60,13 +39,7 @@ fn arp_is_answered_locally() {
     assert!(eth0.contains(&mac2.to_string()), "{mac2} on {eth0}");
 
     // Both agents know both endpoints.
-    wait_for("ping c1 → c2", Duration::from_secs(20), || {
-        cluster
-            .ping(&c1, &ip2.to_string(), 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
+    cluster.wait_ping("ping c1 → c2", &c1, &ip2.to_string());
     let suppressed_before =
         [0, 1].map(|i| counter(&cluster.agents[i], "net.arpnet.arp_nd_suppressed"));
 
@@ -171,12 +144,4 @@ fn arp_is_answered_locally() {
         neigh2.trim(),
         started.elapsed()
     );
-}
-
-/// "0800:12 86dd:3": inner ethertypes (hex) and their counts.
-fn ethertypes<N: std::fmt::Display>(map: &std::collections::BTreeMap<u16, N>) -> String {
-    map.iter()
-        .map(|(t, n)| format!("{t:04x}:{n}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -2,17 +2,15 @@
 //! peer traffic on port 7946 from a stranger on the underlay, and conflicting requests through
 //! the CLI. The agents must answer an error or close, keep serving, and lose nothing.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use prost::Message as _;
 use serde_json::Value;
-use support::*;
 use vxnet_controlplane::transport::PeerConnection;
 use vxnet_dataplane::io::{NamedNetns, NetnsHandle};
 use vxnet_proto::peer_envelope::Body;
@@ -84,19 +82,6 @@ fn frame(body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// Garbage on the API socket: random bytes, a huge length prefix, a valid length with garbage
 /// prost, truncated frames, an empty request, a slow client, hundreds of idle connections
 /// announcing maximal frames. Each gets an error (or a close); the agent keeps serving.
@@ -160,7 +145,7 @@ fn api_socket_survives_garbage() {
 
     // 200 idle connections announcing the largest allowed frame: memory stays bounded.
     let pid = h1.pid().expect("agent pid");
-    let rss_before = rss_kib(pid);
+    let rss_before = rss_kib(pid).unwrap_or(0);
     let max = vxnet::api::MAX_FRAME as u32;
     let idle: Vec<UnixStream> = (0..200)
         .map(|_| {
@@ -174,7 +159,7 @@ fn api_socket_survives_garbage() {
     let during = h1.vxnet(&["network", "ls", "--format", "json", "--no-trunc"]);
     let ls_while_busy = t.elapsed();
     assert_eq!(during, before);
-    let rss_during = rss_kib(pid);
+    let rss_during = rss_kib(pid).unwrap_or(0);
     drop(idle);
     assert!(
         rss_during < rss_before + 256 * 1024,
@@ -219,12 +204,9 @@ impl Stranger {
         let name = format!("{}-x", cluster.prefix);
         let _ = sh_output(&format!("ip netns del {name} 2>/dev/null"));
         let ns = NamedNetns::create(&name).expect("create the stranger's namespace");
-        let (p, sw) = (&cluster.prefix, format!("{}-sw", cluster.prefix));
+        cluster.plug(&name, "px");
         sh(&format!(
-            "ip link add {p}x netns {name} type veth peer name {p}xs netns {sw} \
-             && ip -n {name} link set {p}x name ul0 && ip -n {name} addr add {ip}/24 dev ul0 \
-             && ip -n {name} link set ul0 up && ip -n {name} link set lo up \
-             && ip -n {sw} link set {p}xs master br0 up"
+            "ip -n {name} addr add {ip}/24 dev ul0 && ip -n {name} link set lo up"
         ));
         Stranger { ns }
     }

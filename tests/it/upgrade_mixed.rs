@@ -4,12 +4,10 @@
 //! old and new hosts alike. `.ci/run` builds the previous release from git history and sets the
 //! variable; without it the test says so and passes.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn ifindex(ns: &str) -> String {
     sh(&format!("ip -n {ns} -o link show dev eth0"))

@@ -4,16 +4,14 @@
 //! IPs, and nothing of the containers leaks unencapsulated. One inner flow keeps one UDP source
 //! port; the flows spread over several. tshark, reading the same file, agrees.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::capture::*;
-use support::*;
+use crate::support::capture::*;
+use crate::support::*;
 use vxnet_dataplane::wire::{
     ArpPacket, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr, TcpPacket, UdpPacket,
     VxlanPacket, ip_protocol,
@@ -132,9 +130,7 @@ fn connect(cluster: &Cluster, name: &str, c1: &str, c2: &str) -> (Ipv4Addr, Ipv4
     cluster.agents[1].vxnet(&["network", "connect", name, c2]);
     let ip1 = cluster.ipv4_of(c1, "eth0");
     let ip2 = cluster.ipv4_of(c2, "eth0");
-    wait_for("ping c1 → c2", Duration::from_secs(20), || {
-        cluster.ping(c1, &ip2, 1, "").status.success().then_some(())
-    });
+    cluster.wait_ping("ping c1 → c2", c1, &ip2);
     (ip1.parse().unwrap(), ip2.parse().unwrap())
 }
 
@@ -177,7 +173,7 @@ fn expected(cluster: &Cluster, name: &str, strict_bridges: bool) -> Expected {
         })
         .collect();
     assert_eq!(vteps.len(), cluster.agents.len(), "{members}");
-    let mut infra_macs = link_macs(&format!("{}-sw", cluster.prefix));
+    let mut infra_macs = link_macs(&cluster.switch_ns());
     for i in 0..cluster.agents.len() {
         infra_macs.insert(mac_of_link(cluster.host_ns(i), "ul0"));
     }
@@ -562,12 +558,4 @@ fn host_bridges_stay_out_of_the_overlay() {
         "dp_pcap (bridges): {} VXLAN frames, all from endpoints",
         census.vxlan
     );
-}
-
-/// "0800:12 86dd:3": inner ethertypes (hex) and their counts.
-fn ethertypes<N: std::fmt::Display>(map: &std::collections::BTreeMap<u16, N>) -> String {
-    map.iter()
-        .map(|(t, n)| format!("{t:04x}:{n}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -6,14 +6,12 @@
 //! The tests of this file run one at a time (a lock): they measure failover and commit times,
 //! which several 3-agent clusters sharing two cores would distort.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -28,18 +26,10 @@ fn three_hosts() -> ClusterOptions {
     }
 }
 
-/// `cluster members --format json` of `agent`, or `None` if the call failed.
-fn members(agent: &Agent) -> Option<Vec<Value>> {
-    let out = agent.cli(&["cluster", "members", "--format", "json"]);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice::<Vec<Value>>(&out.stdout).ok()
-}
-
 /// Index (0-based, `hN` → N−1) of the leader `agent` knows of.
 fn leader_seen_by(agent: &Agent) -> Option<usize> {
-    members(agent)?
+    agent
+        .members()?
         .iter()
         .find(|m| m["leader"] == Value::Bool(true))
         .and_then(|m| m["name"].as_str()?.strip_prefix('h')?.parse::<usize>().ok())
@@ -49,7 +39,8 @@ fn leader_seen_by(agent: &Agent) -> Option<usize> {
 /// Roles by host name as `agent` reports them.
 fn roles(agent: &Agent) -> Option<BTreeMap<String, String>> {
     Some(
-        members(agent)?
+        agent
+            .members()?
             .iter()
             .map(|m| {
                 (
@@ -73,26 +64,16 @@ fn network_names(agent: &Agent) -> BTreeSet<String> {
         .collect()
 }
 
-/// `network inspect NAME` on `agent`: the one network's JSON object, or `None` if not found.
-fn inspect(agent: &Agent, name: &str) -> Option<Value> {
-    let out = agent.cli(&["network", "inspect", name]);
-    if !out.status.success() {
-        return None;
-    }
-    let mut list: Vec<Value> = serde_json::from_slice(&out.stdout).expect("inspect json");
-    (list.len() == 1).then(|| list.remove(0))
-}
-
 /// Waits until all `agents` see the network `name`, with the same id and subnet.
 fn wait_network_everywhere(agents: &[&Agent], name: &str, timeout: Duration) -> Value {
     let first = wait_for(
         &format!("{} to see {name}", agents[0].name),
         timeout,
-        || inspect(agents[0], name),
+        || agents[0].inspect(name),
     );
     for agent in &agents[1..] {
         let seen = wait_for(&format!("{} to see {name}", agent.name), timeout, || {
-            inspect(agent, name)
+            agent.inspect(name)
         });
         assert_eq!(seen["Id"], first["Id"], "{name}: same id on every host");
         assert_eq!(
@@ -101,10 +82,6 @@ fn wait_network_everywhere(agents: &[&Agent], name: &str, timeout: Duration) -> 
         );
     }
     first
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Bootstrap + two joins → three voters; networks replicate; a write on a follower is readable
@@ -142,7 +119,7 @@ fn three_agents_elect_replicate_and_fail_over() {
             _ => None,
         }
     });
-    let members_h2 = members(&cluster.agents[1]).expect("members");
+    let members_h2 = cluster.agents[1].members().expect("members");
     assert_eq!(members_h2.len(), 3, "{members_h2:?}");
     assert!(
         members_h2
@@ -164,9 +141,11 @@ fn three_agents_elect_replicate_and_fail_over() {
     let t = Instant::now();
     let id = h3.vxnet(&["network", "create", "blue"]);
     let write_via_h3 = t.elapsed();
-    let on_h3 = inspect(h3, "blue").expect("h3 sees its own write at once");
+    let on_h3 = h3.inspect("blue").expect("h3 sees its own write at once");
     assert_eq!(on_h3["Id"].as_str(), Some(id.trim()));
-    let on_leader = inspect(&cluster.agents[leader], "blue").expect("the leader has applied it");
+    let on_leader = cluster.agents[leader]
+        .inspect("blue")
+        .expect("the leader has applied it");
     assert_eq!(on_leader["Id"], on_h3["Id"]);
     wait_network_everywhere(&[h1, h2, h3], "blue", Duration::from_secs(5));
     for agent in &cluster.agents {
@@ -209,12 +188,14 @@ fn three_agents_elect_replicate_and_fail_over() {
         "new leader h{}",
         new_leader + 1
     );
-    inspect(writer, "yellow").expect("the writer reads its write");
+    writer
+        .inspect("yellow")
+        .expect("the writer reads its write");
     let other = &cluster.agents[survivors[1]];
     wait_for(
         "the other survivor to see yellow",
         Duration::from_secs(5),
-        || inspect(other, "yellow"),
+        || other.inspect("yellow"),
     );
 
     // The old leader comes back with the very same command line (it has --bootstrap if it was
@@ -226,7 +207,7 @@ fn three_agents_elect_replicate_and_fail_over() {
     wait_for(
         &format!("{} to catch up (yellow)", old.name),
         Duration::from_secs(15),
-        || inspect(old, "yellow"),
+        || old.inspect("yellow"),
     );
     let caught_up = restart.elapsed();
     assert_eq!(
@@ -245,7 +226,8 @@ fn three_agents_elect_replicate_and_fail_over() {
     );
     // It serves writes again (forwarded to the new leader) and everybody converges.
     old.vxnet(&["network", "create", "purple"]);
-    inspect(old, "purple").expect("read-your-writes on the restarted agent");
+    old.inspect("purple")
+        .expect("read-your-writes on the restarted agent");
     for agent in &cluster.agents {
         wait_for(
             &format!("{} to report voter×3 after the restart", agent.name),
@@ -255,7 +237,7 @@ fn three_agents_elect_replicate_and_fail_over() {
         wait_for(
             &format!("{} to see purple", agent.name),
             Duration::from_secs(5),
-            || inspect(agent, "purple"),
+            || agent.inspect("purple"),
         );
     }
     let ls: Vec<String> = cluster
@@ -336,7 +318,7 @@ fn three_hundred_concurrent_endpoints_agree_everywhere() {
                 &format!("{} to list 300 endpoints", agent.name),
                 Duration::from_secs(20),
                 || {
-                    let net = inspect(agent, "big")?;
+                    let net = agent.inspect("big")?;
                     let eps = net["Containers"].as_object()?.len();
                     (eps == 3 * PER_HOST).then(|| net["Containers"].clone())
                 },
@@ -447,8 +429,10 @@ fn minority_refuses_writes_but_serves_reads() {
         read_latency < Duration::from_secs(2),
         "read took {read_latency:?}"
     );
-    inspect(survivor, "before").expect("inspect works in a minority");
-    let m = members(survivor).expect("members works in a minority");
+    survivor
+        .inspect("before")
+        .expect("inspect works in a minority");
+    let m = survivor.members().expect("members works in a minority");
     assert_eq!(m.len(), 3);
     for &i in &dead {
         let name = format!("h{}", i + 1);

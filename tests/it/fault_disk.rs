@@ -3,13 +3,11 @@
 //! go on through the majority (h1, h3), h2 refuses writes with a clear error and keeps serving
 //! reads, and once space is freed h2 catches up without a restart.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// Unmounts the tmpfs on drop (lazily: an agent may still hold files open on it).
 struct Tmpfs(PathBuf);

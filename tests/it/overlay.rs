@@ -1,11 +1,9 @@
 //! The host data plane end to end: real agents in network namespaces, containers pinging and
 //! streaming across the userspace VXLAN overlay.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// Two hosts, one network, one container each: ping both ways, a 64 MiB TCP transfer whose
 /// sha256 matches on both ends, and a full-MTU ping with DF set.
@@ -32,13 +30,7 @@ fn two_hosts_ping_and_stream() {
     );
 
     // Wait until the other host has applied the endpoint, then ping both ways.
-    wait_for("ping c1 → c2", Duration::from_secs(20), || {
-        cluster
-            .ping(&c1, &ip2, 1, "")
-            .status
-            .success()
-            .then_some(())
-    });
+    cluster.wait_ping("ping c1 → c2", &c1, &ip2);
     let out = cluster.ping(&c1, &ip2, 5, "");
     assert!(
         out.status.success(),
@@ -79,7 +71,7 @@ fn agent_restart_reconciles_links_and_traffic_resumes() {
     if !require_root("agent_restart_reconciles_links_and_traffic_resumes") {
         return;
     }
-    let mut cluster = Cluster::new("rs", ClusterOptions::default());
+    let mut cluster = Cluster::new("ov", ClusterOptions::default());
     let Pair { c1, ip2, .. } = cluster.pair_on_network("r", "10.34.0.0/24");
     let h1 = cluster.host_ns(0).to_string();
     let vx_links = |cluster: &Cluster| -> Vec<String> {

@@ -1,17 +1,23 @@
-//! Test support for the netns integration tests: hosts and containers as network namespaces,
-//! real `vxnetd` agents, the `vxnet` CLI, and cleanup on exit and on panic.
+//! Test support for the netns integration tests: the `vxnet-testkit` harness (namespaces on an
+//! underlay switch, agent processes, cleanup) with test manners (a failure panics, with the
+//! agents' log tails), clusters of real `vxnetd` agents, the `vxnet` CLI, TCP transfers.
 //!
-//! Topology: one "switch" namespace holding a bridge; every host namespace is joined to it by a
-//! veth pair (`ul0` on the host side) with an underlay address 192.168.200.N/24. Addresses exist
-//! only inside namespaces the test created, and no route leads out of them. Names carry a
-//! per-test prefix (`vx<pid%10000><tag>`) so tests run in parallel.
-#![allow(dead_code)]
+//! Names carry a per-test prefix (`vx<pid%10000><tag>`, see [`testkit::prefix`]); all tests
+//! run in one process, so [`Cluster::new`] refuses a tag used twice.
 
 pub mod capture;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+use vxnet_testkit::agent::{AgentCmd, agent_args, vxnet_cli};
+use vxnet_testkit::netns::{self as testkit, Proc};
+
+pub use vxnet_testkit::procfs::rss_kib;
 
 /// True when running as root; otherwise prints why the test is skipped.
 pub fn require_root(test: &str) -> bool {
@@ -23,141 +29,120 @@ pub fn require_root(test: &str) -> bool {
     root
 }
 
+/// Panics with the error and its causes.
+fn must<T>(r: anyhow::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("spawn sh");
-    assert!(
-        out.status.success(),
-        "command failed: {cmd}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    must(testkit::sh(cmd))
 }
 
 /// Runs a command and returns its output whatever the exit status.
 pub fn sh_output(cmd: &str) -> Output {
-    Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("spawn sh")
+    must(testkit::sh_output(cmd))
 }
 
-/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Polls `f` every 100 ms until it returns `Some`; panics once `timeout` has passed.
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    must(testkit::wait_for(what, timeout, f))
 }
 
 /// `(transmitted, received)` from ping's summary line.
 pub fn ping_counts(output: &str) -> (u32, u32) {
-    let line = output
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in: {output}"));
-    let mut numbers = line
-        .split(',')
-        .map(|part| part.split_whitespace().next().unwrap_or(""))
-        .map(|n| n.parse::<u32>().unwrap_or(u32::MAX));
-    (
-        numbers.next().unwrap_or(u32::MAX),
-        numbers.next().unwrap_or(u32::MAX),
+    testkit::ping_counts(output).unwrap_or_else(|| panic!("no ping summary in: {output}"))
+}
+
+/// A command's stdout and stderr, one after the other.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A command's stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `stats64` of link `dev` in namespace `ns` (`ip -s -j link`): `["rx"|"tx"]["bytes"|"packets"]`.
+pub fn link_stats64(ns: &str, dev: &str) -> Value {
+    let out = sh(&format!("ip -n {ns} -s -j link show dev {dev}"));
+    let v: Value = serde_json::from_str(&out).expect("ip -j");
+    v[0]["stats64"].clone()
 }
 
 /// One agent process.
 pub struct Agent {
     pub name: String,
     pub netns: String,
-    pub underlay: String,
     pub api: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub args: Vec<String>,
     /// Another `vxnetd` to run (an earlier release, for upgrade tests); `None`: this build's.
     pub binary: Option<PathBuf>,
-    child: Option<Child>,
+    proc: Option<Proc>,
 }
 
 impl Agent {
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.proc.as_ref().map(Proc::pid)
     }
 
     /// `kill -9`: the agent gets no chance to clean up.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Dropping the process kills and reaps it.
+        self.proc = None;
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        matches!(
+            self.proc.as_mut().map(|p| p.child().try_wait()),
+            Some(Ok(None))
+        )
     }
 
     /// The exit status once the agent has ended (`None` while it runs or was never started).
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
+        self.proc
             .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+            .and_then(|p| p.child().try_wait().ok().flatten())
     }
 
     /// Starts the agent (its command line may have been changed meanwhile).
     pub fn start(&mut self) {
-        self.spawn();
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(&self.log).expect("create agent log");
         let binary = self
             .binary
             .clone()
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vxnetd")));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .arg(&binary)
-            .args(&self.args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn vxnetd");
-        self.child = Some(child);
+        let cmd = AgentCmd {
+            vxnetd: &binary,
+            netns: &self.netns,
+            args: &self.args,
+            log: &self.log,
+            default_log_level: "info",
+            die_with_parent: false,
+        };
+        self.proc = Some(must(cmd.spawn()));
     }
 
     /// Starts the agent again with the same command line (as systemd would).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.start();
     }
 
     /// Runs the `vxnet` CLI against this agent.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vxnet"))
-            .arg("-H")
-            .arg(&self.api)
-            .args(args)
-            .output()
-            .expect("spawn vxnet")
+        must(vxnet_cli(
+            Path::new(env!("CARGO_BIN_EXE_vxnet")),
+            &self.api,
+            args,
+        ))
     }
 
     /// Runs the CLI and returns stdout, panicking (with the agent's log tail) on failure.
@@ -190,26 +175,48 @@ impl Agent {
             .unwrap_or_else(|_| panic!("VNI of {network}: {out:?}"))
     }
 
+    /// `cluster members --format json`, as JSON rows (`None` if the call failed).
+    pub fn members(&self) -> Option<Vec<Value>> {
+        let out = self.cli(&["cluster", "members", "--format", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
     /// The leader this agent knows of, by name (`None` if none or the API does not answer).
     pub fn leader_name(&self) -> Option<String> {
-        let out = self.cli(&["cluster", "members", "--format", "json"]);
-        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
-        rows.iter()
+        self.members()?
+            .iter()
             .find(|m| m["leader"] == true)
             .and_then(|m| m["name"].as_str().map(str::to_string))
+    }
+
+    /// `network inspect NAME`: the one network's JSON object, or `None` if not found.
+    pub fn inspect(&self, network: &str) -> Option<Value> {
+        let out = self.cli(&["network", "inspect", network]);
+        if !out.status.success() {
+            return None;
+        }
+        let mut list: Vec<Value> = serde_json::from_slice(&out.stdout).expect("inspect json");
+        (list.len() == 1).then(|| list.remove(0))
+    }
+
+    /// `vxnet stats --format json`: counter → value.
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        let out = self.vxnet(&["stats", "--format", "json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats JSON: {e}: {out}"))
     }
 
     /// One value of `vxnet stats` (`None` if absent or the API does not answer).
     pub fn counter(&self, name: &str) -> Option<u64> {
         let out = self.cli(&["stats", "--format", "json"]);
-        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let stats: Value = serde_json::from_slice(&out.stdout).ok()?;
         stats.get(name)?.as_u64()
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        testkit::log_tail(&self.log, lines)
     }
 }
 
@@ -219,7 +226,6 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub agents: Vec<Agent>,
     namespaces: Vec<String>,
-    switch: String,
     next_container: usize,
 }
 
@@ -245,83 +251,55 @@ impl Default for ClusterOptions {
     }
 }
 
+/// The tags of this process's clusters: all tests run in one process, so a tag used twice would
+/// make two tests share (and tear down) each other's namespaces.
+static TAGS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
 impl Cluster {
     /// Builds `hosts` host namespaces on a switch and starts one agent per host: the first
-    /// bootstraps, the others join it. `tag` names the test (2–3 lowercase letters).
+    /// bootstraps, the others join it. `tag` names the test (2–3 characters, unique across the
+    /// test binary).
     pub fn new(tag: &str, options: ClusterOptions) -> Cluster {
-        let prefix = format!("vx{}{tag}", std::process::id() % 10_000);
+        let fresh = TAGS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tag.to_string());
+        assert!(fresh, "cluster tag {tag:?} is used by another test");
+        let prefix = testkit::prefix(tag);
         let dir = std::env::temp_dir().join(format!("vxnet-test-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
-        let switch = format!("{prefix}-sw");
         let mut cluster = Cluster {
             prefix: prefix.clone(),
             dir,
             agents: Vec::new(),
-            namespaces: Vec::new(),
-            switch: switch.clone(),
+            namespaces: vec![testkit::switch_ns(&prefix)],
             next_container: 0,
         };
-        cluster.add_netns(&switch);
-        sh(&format!(
-            "ip -n {switch} link add br0 type bridge && ip -n {switch} link set br0 up"
-        ));
-        for i in 1..=options.hosts {
-            let host = format!("{prefix}-h{i}");
-            cluster.add_netns(&host);
-            let mtu = options.underlay_mtu;
-            sh(&format!(
-                "ip link add {prefix}u{i} netns {host} mtu {mtu} type veth peer name {prefix}s{i} netns {switch} mtu {mtu} \
-                 && ip -n {host} link set {prefix}u{i} name ul0 \
-                 && ip -n {host} addr add 192.168.200.{i}/24 dev ul0 \
-                 && ip -n {host} link set ul0 up && ip -n {host} link set lo up \
-                 && ip -n {switch} link set {prefix}s{i} master br0 up"
-            ));
-            let name = format!("h{i}");
-            let underlay = format!("192.168.200.{i}");
+        let hosts = testkit::build_underlay(&prefix, options.hosts, options.underlay_mtu);
+        // On failure too: what was made is deleted on drop.
+        cluster
+            .namespaces
+            .extend((1..=options.hosts).map(|i| format!("{prefix}-h{i}")));
+        for (i, host) in must(hosts).into_iter().enumerate() {
+            let name = format!("h{}", i + 1);
             let data_dir = cluster.dir.join(&name);
             let api = cluster.dir.join(format!("{name}.sock"));
-            let mut args = vec![
-                "--name".into(),
-                name.clone(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--underlay".into(),
-                underlay.clone(),
-                "--peer-listen".into(),
-                format!("{underlay}:7946"),
-                "--api".into(),
-                api.display().to_string(),
-            ];
-            if i == 1 {
-                args.push("--bootstrap".into());
-            } else {
-                args.extend(["--join".into(), "192.168.200.1:7946".into()]);
-            }
+            let mut args = agent_args(i + 1, &name, &data_dir, &api);
             args.extend(options.agent_args.iter().cloned());
             cluster.agents.push(Agent {
                 log: cluster.dir.join(format!("{name}.log")),
                 name,
                 netns: host,
-                underlay,
                 api,
                 data_dir,
                 args,
                 binary: None,
-                child: None,
+                proc: None,
             });
         }
         if options.start_agents {
-            for i in 0..cluster.agents.len() {
-                cluster.agents[i].spawn();
-                if i == 0 {
-                    cluster.wait_api(0);
-                }
-            }
-            for i in 1..cluster.agents.len() {
-                cluster.wait_api(i);
-            }
-            cluster.wait_members(options.hosts);
+            cluster.start_agents();
         }
         cluster
     }
@@ -340,10 +318,20 @@ impl Cluster {
         self.wait_members(self.agents.len());
     }
 
-    fn add_netns(&mut self, name: &str) {
-        let _ = sh_output(&format!("ip netns del {name} 2>/dev/null"));
-        sh(&format!("ip netns add {name}"));
+    /// Creates namespace `name` (with `lo` up), deleted with the cluster.
+    pub fn add_netns(&mut self, name: &str) {
         self.namespaces.push(name.to_string());
+        must(testkit::add_netns(name));
+    }
+
+    /// Plugs namespace `ns` into the underlay switch: `ul0` up (no address), switch port `port`.
+    pub fn plug(&self, ns: &str, port: &str) {
+        must(testkit::plug(&self.prefix, ns, port, 1500));
+    }
+
+    /// The switch namespace.
+    pub fn switch_ns(&self) -> String {
+        testkit::switch_ns(&self.prefix)
     }
 
     /// Host namespace name of agent `i` (0-based).
@@ -354,31 +342,22 @@ impl Cluster {
     /// Waits until agent `i` answers on its API socket.
     pub fn wait_api(&self, i: usize) {
         let agent = &self.agents[i];
-        wait_for(
-            &format!("{} API", agent.name),
-            Duration::from_secs(30),
-            || {
-                agent
-                    .cli(&["cluster", "members"])
-                    .status
-                    .success()
-                    .then_some(())
-            },
-        );
+        must(vxnet_testkit::agent::wait_api(
+            Path::new(env!("CARGO_BIN_EXE_vxnet")),
+            &agent.api,
+            &agent.name,
+        ));
     }
 
     /// Waits until every agent lists `n` members.
     pub fn wait_members(&self, n: usize) {
         for agent in &self.agents {
-            wait_for(
-                &format!("{} to see {n} members", agent.name),
-                Duration::from_secs(60),
-                || {
-                    let out = agent.cli(&["cluster", "members", "--format", "json"]);
-                    let text = String::from_utf8_lossy(&out.stdout);
-                    (out.status.success() && text.matches("\"name\"").count() == n).then_some(())
-                },
-            );
+            must(vxnet_testkit::agent::wait_members(
+                Path::new(env!("CARGO_BIN_EXE_vxnet")),
+                &agent.api,
+                &agent.name,
+                n,
+            ));
         }
     }
 
@@ -387,7 +366,6 @@ impl Cluster {
         self.next_container += 1;
         let name = format!("{}-c{}", self.prefix, self.next_container);
         self.add_netns(&name);
-        sh(&format!("ip -n {name} link set lo up"));
         name
     }
 
@@ -401,19 +379,15 @@ impl Cluster {
 
     /// The IPv4 address of `ifname` in namespace `ns`.
     pub fn ipv4_of(&self, ns: &str, ifname: &str) -> String {
-        let out = sh(&format!("ip -n {ns} -4 -o addr show dev {ifname}"));
-        out.split_whitespace()
-            .skip_while(|w| *w != "inet")
-            .nth(1)
-            .and_then(|cidr| cidr.split('/').next())
-            .unwrap_or_else(|| panic!("no IPv4 on {ifname} in {ns}: {out}"))
-            .to_string()
+        must(testkit::ipv4_of(ns, ifname))
     }
 
     /// `ping -c count` from `ns` to `ip`; returns the output whatever the result.
     pub fn ping(&self, ns: &str, ip: &str, count: u32, extra: &str) -> Output {
-        sh_output(&format!(
-            "ip netns exec {ns} ping -n -q -c {count} -i 0.2 -W 2 {extra} {ip}"
+        must(testkit::ping(
+            ns,
+            ip,
+            &format!("-q -c {count} -i 0.2 -W 2 {extra}"),
         ))
     }
 
@@ -452,7 +426,7 @@ impl Drop for Cluster {
             agent.kill();
         }
         for ns in self.namespaces.iter().rev() {
-            let _ = sh_output(&format!("ip netns del {ns} 2>/dev/null"));
+            testkit::del_netns(ns);
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -461,10 +435,13 @@ impl Drop for Cluster {
 }
 
 /// A receiver that counts and hashes what one TCP connection brings, printing "<bytes> <sha256>".
+/// Arguments: port, bind address (`::` for IPv6).
 const TCP_SINK: &str = r#"
 import hashlib, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1); s.settimeout(60)
+bind = sys.argv[2]
+s = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((bind, int(sys.argv[1]))); s.listen(1); s.settimeout(60)
 print("listening", flush=True)
 c, _ = s.accept(); c.settimeout(120); h = hashlib.sha256(); n = 0
 while True:
@@ -500,9 +477,8 @@ pub struct Pair {
 }
 
 impl Cluster {
-    /// Creates network `name` (`subnet`) on h1, attaches a container on h1 and one on h2, and
-    /// waits until the first ping from c1 to c2 passes (both hosts have applied both endpoints).
-    pub fn pair_on_network(&mut self, name: &str, subnet: &str) -> Pair {
+    /// Creates network `name` (`subnet`) on h1 and attaches a container on h1 and one on h2.
+    pub fn pair(&mut self, name: &str, subnet: &str) -> Pair {
         self.agents[0].vxnet(&["network", "create", "--subnet", subnet, name]);
         let c1 = self.container();
         let c2 = self.container();
@@ -510,10 +486,22 @@ impl Cluster {
         self.agents[1].vxnet(&["network", "connect", name, &c2]);
         let ip1 = self.ipv4_of(&c1, "eth0");
         let ip2 = self.ipv4_of(&c2, "eth0");
-        wait_for("first ping", Duration::from_secs(20), || {
-            self.ping(&c1, &ip2, 1, "").status.success().then_some(())
-        });
         Pair { c1, c2, ip1, ip2 }
+    }
+
+    /// [`Cluster::pair`], then waits until the first ping from c1 to c2 passes (both hosts have
+    /// applied both endpoints).
+    pub fn pair_on_network(&mut self, name: &str, subnet: &str) -> Pair {
+        let pair = self.pair(name, subnet);
+        self.wait_ping("first ping", &pair.c1, &pair.ip2);
+        pair
+    }
+
+    /// Waits (20 s) until one ping from `from` to `ip` is answered.
+    pub fn wait_ping(&self, what: &str, from: &str, ip: &str) {
+        wait_for(what, Duration::from_secs(20), || {
+            self.ping(from, ip, 1, "").status.success().then_some(())
+        });
     }
 
     /// Sends `bytes` over TCP from `from_ns` to `to_ip` (in `to_ns`); returns the sender's and
@@ -530,24 +518,17 @@ impl Cluster {
         let source = self.dir.join("tcp_source.py");
         std::fs::write(&sink, TCP_SINK).expect("write sink");
         std::fs::write(&source, TCP_SOURCE).expect("write source");
-        let mut receiver = Command::new("ip")
-            .args(["netns", "exec", to_ns, "python3"])
-            .arg(&sink)
-            .arg("5001")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn sink");
-        // Kill the receiver on every path, so a failed transfer leaves no process behind.
-        struct KillOnDrop(std::process::Child);
-        impl Drop for KillOnDrop {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let stdout = receiver.stdout.take().expect("sink stdout");
-        let _receiver = KillOnDrop(receiver);
+        // Killed on every path (dropped), so a failed transfer leaves no process behind.
+        let mut receiver = must(Proc::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", to_ns, "python3"])
+                .arg(&sink)
+                .arg("5001")
+                .arg(if to_ip.contains(':') { "::" } else { "0.0.0.0" })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        ));
+        let stdout = receiver.child().stdout.take().expect("sink stdout");
         let mut lines = BufReader::new(stdout).lines();
         let ready = lines.next().and_then(Result::ok).unwrap_or_default();
         assert_eq!(ready, "listening");

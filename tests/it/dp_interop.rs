@@ -2,29 +2,19 @@
 //! kernel `vxlan` device on a bridge with a container behind it. The two containers ping and
 //! stream TCP both ways over one VXLAN segment (VNI 4343, UDP 4789).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const VNI: u32 = 4343;
 /// The kernel side's container: an address outside what vxnet allocates first, its own MAC.
 const KERNEL_IP: &str = "10.36.0.200";
 const KERNEL_MAC: &str = "02:42:0a:24:00:c8";
 
-/// `vxnet stats --format json` of `agent`.
-fn stats(agent: &Agent) -> BTreeMap<String, u64> {
-    let out = agent.vxnet(&["stats", "--format", "json"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats JSON: {e}: {out}"))
-}
-
 /// RX and TX byte counts of `dev` in namespace `ns` (packet counts would count GSO batches).
 fn link_bytes(ns: &str, dev: &str) -> (u64, u64) {
-    let out = sh(&format!("ip -n {ns} -s -j link show dev {dev}"));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
-    let s = &v[0]["stats64"];
+    let s = link_stats64(ns, dev);
     (
         s["rx"]["bytes"].as_u64().unwrap_or(0),
         s["tx"]["bytes"].as_u64().unwrap_or(0),
@@ -118,7 +108,7 @@ fn kernel_vxlan_interop() {
         "vxnet's side has the same MTU"
     );
 
-    let before = stats(&cluster.agents[0]);
+    let before = cluster.agents[0].stats();
     let vx_before = link_bytes(&h2, "vx0");
     wait_for("ping vxnet → kernel", Duration::from_secs(15), || {
         cluster
@@ -149,7 +139,7 @@ fn kernel_vxlan_interop() {
     assert!(sent.starts_with(&bytes.to_string()), "sender: {sent}");
     assert_eq!(sent, received, "kernel → vxnet: bytes and sha256 match");
 
-    let after = stats(&cluster.agents[0]);
+    let after = cluster.agents[0].stats();
     let vx_after = link_bytes(&h2, "vx0");
     let delta = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     let drops: BTreeMap<&String, u64> = after

@@ -3,15 +3,13 @@
 //! request byte by byte. The agent's memory stays bounded, abusers get an error answer, and the
 //! CLI keeps answering throughout. Abuse goes through the API's Unix socket only.
 
-mod support;
-
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use prost::Message;
-use support::*;
 use vxnet::api::{MAX_FRAME, read_frame_bytes};
 use vxnet_proto::{ApiResponse, api_response::Kind as Resp};
 
@@ -27,13 +25,7 @@ const TIMED_OUT: &str = "timed out reading the request";
 
 /// The resident memory of process `pid`, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in status");
-    kib * 1024
+    rss_kib(pid).expect("VmRSS in status") * 1024
 }
 
 fn mib(bytes: u64) -> f64 {
