@@ -11,48 +11,39 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vxnet_dataplane::offload::{
     CoalescedFrame, Coalescer, Origin, SegmentBatch, checksum_sum, segment_tcp,
 };
+use vxnet_dataplane::wire::VirtioNetHdrRepr;
 use vxnet_dataplane::wire::checksum;
 use vxnet_dataplane::wire::virtio_net_hdr::{flags, gso_type};
-use vxnet_dataplane::wire::{Ipv4Packet, VirtioNetHdrRepr};
 
 const MSS: usize = 1398;
 const SEGMENTS: usize = 45;
 const HDR: usize = 14 + 20 + 32;
 
 /// An Ethernet/IPv4/TCP (timestamps) super-frame of `SEGMENTS * MSS` payload bytes, as a TSO
-/// TAP hands it over (TCP checksum field = pseudo-header sum).
+/// TAP hands it over (TCP checksum field = pseudo-header sum). Built with etherparse, an
+/// implementation independent of the code under measurement.
 fn super_frame() -> (VirtioNetHdrRepr, Vec<u8>) {
-    let payload = SEGMENTS * MSS;
-    let mut f = vec![0u8; HDR + payload];
-    f[0..6].copy_from_slice(&[2, 0x42, 10, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[2, 0x42, 10, 0, 0, 1]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14] = 0x45;
-    let ip_len = (f.len() - 14) as u16;
-    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    f[20] = 0x40;
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
-    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
-    Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
-    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
-    f[38..42].copy_from_slice(&1u32.to_be_bytes());
-    f[42..46].copy_from_slice(&1u32.to_be_bytes());
-    f[46] = 8 << 4;
-    f[47] = 0x10; // ACK
-    f[48..50].copy_from_slice(&502u16.to_be_bytes());
-    f[54..66].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
-    for (i, b) in f[HDR..].iter_mut().enumerate() {
-        *b = (i * 31 + 7) as u8;
-    }
-    let tcp_len = (f.len() - 34) as u32;
+    let payload: Vec<u8> = (0..SEGMENTS * MSS).map(|i| (i * 31 + 7) as u8).collect();
+    let builder =
+        etherparse::PacketBuilder::ethernet2([2, 0x42, 10, 0, 0, 1], [2, 0x42, 10, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 5201, 1, 502)
+            .ack(1)
+            .options(&[
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Timestamp(1, 2),
+            ])
+            .expect("TCP options fit");
+    let mut f = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut f, &payload).expect("frame");
+    assert_eq!(f.len(), HDR + payload.len());
+    // A TSO TAP leaves the TCP checksum to be finished: only the pseudo-header sum is there.
     let pseudo = checksum::pseudo_header_v4(
         Ipv4Addr::new(10, 0, 0, 1),
         Ipv4Addr::new(10, 0, 0, 2),
         6,
-        tcp_len,
+        (f.len() - 34) as u32,
     );
     f[50..52].copy_from_slice(&checksum::combine(&[pseudo]).to_be_bytes());
     let vnet = VirtioNetHdrRepr {

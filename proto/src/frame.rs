@@ -7,10 +7,13 @@
 //! tokio-util's `LengthDelimitedCodec`: that codec reserves the announced length up front (the
 //! allocation this module exists to avoid), and the CLI's blocking client would not use it.
 
+use std::future::Future;
 use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// The largest frame anywhere: a `network inspect` of a big cluster, a Raft snapshot of a few
 /// MB, with room to spare.
@@ -113,31 +116,35 @@ pub async fn read<R: AsyncRead + Unpin>(
     Ok(Some(body))
 }
 
-/// [`read`] for blocking streams (the CLI), with no budget.
+/// [`read`] for blocking streams (the CLI), with no budget: the same code, driven by one poll
+/// (a blocking reader is never pending).
 pub fn read_blocking<R: Read>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut prefix = [0u8; 4];
-    let mut got = 0;
-    while got < prefix.len() {
-        let n = r.read(&mut prefix[got..])?;
-        if n == 0 {
-            return match got {
-                0 => Ok(None),
-                _ => Err(FrameError::Truncated { got: 0, len: 0 }),
-            };
-        }
-        got += n;
+    let mut reader = Blocking(r);
+    let mut frame = std::pin::pin!(read(&mut reader, max, |_| true));
+    match frame
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(FrameError::Io(std::io::Error::other(
+            "a blocking reader returned pending",
+        ))),
     }
-    let len = checked_len(prefix, max)?;
-    let mut body = Vec::with_capacity(len.min(INITIAL_BUFFER));
-    let rest = u64::try_from(len).unwrap_or(u64::MAX);
-    r.take(rest).read_to_end(&mut body)?;
-    if body.len() < len {
-        return Err(FrameError::Truncated {
-            got: body.len(),
-            len,
-        });
+}
+
+/// A blocking reader as an [`AsyncRead`] whose reads complete at once.
+struct Blocking<'a, R>(&'a mut R);
+
+impl<R: Read> AsyncRead for Blocking<'_, R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let n = self.get_mut().0.read(buf.initialize_unfilled())?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
-    Ok(Some(body))
 }
 
 fn checked_len(prefix: [u8; 4], max: usize) -> Result<usize, FrameError> {

@@ -106,14 +106,7 @@ fn parse_nodes(
                     "len" => nodes.push(Node::Len(one_arg(&words)?)),
                     "println" => nodes.push(Node::Newline),
                     "index" => {
-                        let args: Vec<Arg> = words[1..]
-                            .iter()
-                            .map(|w| parse_arg(w))
-                            .collect::<Result<_, _>>()?;
-                        let Some((target, keys)) = args.split_first() else {
-                            return Err(TemplateError::Parse("index needs arguments".into()));
-                        };
-                        nodes.push(Node::Index(target.clone(), keys.to_vec()));
+                        nodes.push(index_node(&words)?);
                     }
                     word if word.starts_with(['.', '"', '(']) => {
                         if words.len() != 1 {
@@ -144,6 +137,18 @@ fn one_arg(words: &[String]) -> Result<Arg, TemplateError> {
     }
 }
 
+/// `index TARGET KEY...` (words include `index`).
+fn index_node(words: &[String]) -> Result<Node, TemplateError> {
+    let args: Vec<Arg> = words[1..]
+        .iter()
+        .map(|w| parse_arg(w))
+        .collect::<Result<_, _>>()?;
+    let Some((target, keys)) = args.split_first() else {
+        return Err(TemplateError::Parse("index needs arguments".into()));
+    };
+    Ok(Node::Index(target.clone(), keys.to_vec()))
+}
+
 fn parse_arg(word: &str) -> Result<Arg, TemplateError> {
     if let Some(inner) = word.strip_prefix('(') {
         let close = inner
@@ -152,16 +157,7 @@ fn parse_arg(word: &str) -> Result<Arg, TemplateError> {
         let (call, rest) = (&inner[..close], &inner[close + 1..]);
         let words = split_words(call)?;
         let node = match words.first().map(String::as_str) {
-            Some("index") => {
-                let args: Vec<Arg> = words[1..]
-                    .iter()
-                    .map(|w| parse_arg(w))
-                    .collect::<Result<_, _>>()?;
-                let Some((target, keys)) = args.split_first() else {
-                    return Err(TemplateError::Parse("index needs arguments".into()));
-                };
-                Node::Index(target.clone(), keys.to_vec())
-            }
+            Some("index") => index_node(&words)?,
             Some("len") => Node::Len(one_arg(&words)?),
             Some(w) if w.starts_with('.') || w.starts_with('"') => Node::Print(parse_arg(w)?),
             Some(other) => return Err(TemplateError::UnknownFunction(other.to_string())),
