@@ -146,16 +146,16 @@ fn warnings(log: &Path, what: &str) -> Vec<(f64, u64, String)> {
 
 #[test]
 fn api_limits_hold_under_abuse() {
-    if !require_root("api_limits_hold_under_abuse") {
-        return;
-    }
-    let cluster = Cluster::new(
+    let Some(cluster) = cluster_with(
+        "api_limits_hold_under_abuse",
         "al",
         ClusterOptions {
             hosts: 1,
             ..Default::default()
         },
-    );
+    ) else {
+        return;
+    };
     let agent = &cluster.agents[0];
     let pid = agent.pid().expect("agent pid");
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("read comm");

@@ -87,16 +87,9 @@ fn frame(body: &[u8]) -> Vec<u8> {
 /// announcing maximal frames. Each gets an error (or a close); the agent keeps serving.
 #[test]
 fn api_socket_survives_garbage() {
-    if !require_root("api_socket_survives_garbage") {
+    let Some(mut cluster) = cluster_for("api_socket_survives_garbage", "ca", 1) else {
         return;
-    }
-    let mut cluster = Cluster::new(
-        "ca",
-        ClusterOptions {
-            hosts: 1,
-            ..ClusterOptions::default()
-        },
-    );
+    };
     let h1 = &cluster.agents[0];
     h1.vxnet(&["network", "create", "--subnet", "10.51.0.0/24", "keep"]);
     let before = h1.vxnet(&["network", "ls", "--format", "json", "--no-trunc"]);

@@ -37,17 +37,14 @@ fn endpoint(agent: &Agent, net: &str, sandbox: &str) -> Option<serde_json::Value
 /// with its first ping.
 #[test]
 fn churn_leaves_nothing_behind_and_moved_ip_is_reachable() {
-    if !require_root("churn_leaves_nothing_behind_and_moved_ip_is_reachable") {
-        return;
-    }
     let started = Instant::now();
-    let mut cluster = Cluster::new(
+    let Some(mut cluster) = cluster_for(
+        "churn_leaves_nothing_behind_and_moved_ip_is_reachable",
         "ch",
-        ClusterOptions {
-            hosts: 3,
-            ..ClusterOptions::default()
-        },
-    );
+        3,
+    ) else {
+        return;
+    };
     cluster.agents[0].vxnet(&[
         "network",
         "create",

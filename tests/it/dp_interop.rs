@@ -25,18 +25,18 @@ fn link_bytes(ns: &str, dev: &str) -> (u64, u64) {
 /// stream each way, sha256 equal on both ends.
 #[test]
 fn kernel_vxlan_interop() {
-    if !require_root("kernel_vxlan_interop") {
-        return;
-    }
     let started = Instant::now();
-    let mut cluster = Cluster::new(
+    let Some(mut cluster) = cluster_with(
+        "kernel_vxlan_interop",
         "io",
         ClusterOptions {
             hosts: 2,
             start_agents: false,
             ..ClusterOptions::default()
         },
-    );
+    ) else {
+        return;
+    };
     // Only h1 runs an agent (it bootstraps a one-host cluster).
     cluster.agents[0].restart();
     cluster.wait_api(0);

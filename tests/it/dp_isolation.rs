@@ -48,17 +48,10 @@ fn connect(cluster: &mut Cluster, network: &str, host: usize) -> Ct {
 /// B containers see nothing from it and the underlay never carries its frames under B's VNI.
 #[test]
 fn networks_are_isolated() {
-    if !require_root("networks_are_isolated") {
-        return;
-    }
     let started = Instant::now();
-    let mut cluster = Cluster::new(
-        "is",
-        ClusterOptions {
-            hosts: 3,
-            ..ClusterOptions::default()
-        },
-    );
+    let Some(mut cluster) = cluster_for("networks_are_isolated", "is", 3) else {
+        return;
+    };
     cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.53.0.0/24", "neta"]);
     cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.54.0.0/24", "netb"]);
     let (vni_a, vni_b) = (

@@ -84,17 +84,17 @@ fn frag_needed_messages(frames: &[Vec<u8>]) -> Vec<FragNeeded> {
 /// counted, the kernel caches the path MTU and traffic flows again.
 #[test]
 fn mtu_and_path_mtu_discovery() {
-    if !require_root("mtu_and_path_mtu_discovery") {
-        return;
-    }
     let started = Instant::now();
-    let mut cluster = Cluster::new(
+    let Some(mut cluster) = cluster_with(
+        "mtu_and_path_mtu_discovery",
         "mt",
         ClusterOptions {
             underlay_mtu: 1400,
             ..ClusterOptions::default()
         },
-    );
+    ) else {
+        return;
+    };
     let Pair { c1, c2, ip1, ip2 } = cluster.pair("mtunet", "10.51.0.0/24");
     let (ip1, ip2): (Ipv4Addr, Ipv4Addr) = (ip1.parse().unwrap(), ip2.parse().unwrap());
     let vni = cluster.agents[0].vni_of("mtunet");

@@ -377,16 +377,16 @@ fn udp_stream_in_gso_runs(prefix: &str, agent_args: Vec<String>, coalesced: bool
 /// streams.
 #[test]
 fn offload_off_plain_path() {
-    if !require_root("offload_off_plain_path") {
-        return;
-    }
-    let mut cluster = Cluster::new(
+    let Some(mut cluster) = cluster_with(
+        "offload_off_plain_path",
         "on",
         ClusterOptions {
             agent_args: vec!["--offload".into(), "off".into()],
             ..ClusterOptions::default()
         },
-    );
+    ) else {
+        return;
+    };
     let (c1, c2, ip1, ip2, tap) = two_containers(&mut cluster);
     let h1 = cluster.host_ns(0).to_string();
     cluster.assert_ping(&c1, &ip2, 3, "");

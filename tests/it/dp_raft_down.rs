@@ -10,17 +10,10 @@ use crate::support::*;
 /// the leader is killed with SIGKILL after ~3 s: no echo is lost. Then h1 restarts and rejoins.
 #[test]
 fn data_plane_survives_leader_kill() {
-    if !require_root("data_plane_survives_leader_kill") {
-        return;
-    }
     let started = Instant::now();
-    let mut cluster = Cluster::new(
-        "rd",
-        ClusterOptions {
-            hosts: 3,
-            ..ClusterOptions::default()
-        },
-    );
+    let Some(mut cluster) = cluster_for("data_plane_survives_leader_kill", "rd", 3) else {
+        return;
+    };
     wait_for("h1 to lead", Duration::from_secs(20), || {
         (cluster.agents[1].leader_name().as_deref() == Some("h1")).then_some(())
     });

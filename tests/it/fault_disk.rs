@@ -31,17 +31,17 @@ impl Drop for Tmpfs {
 
 #[test]
 fn full_disk_degrades_the_control_plane_not_the_data_plane() {
-    if !require_root("full_disk_degrades_the_control_plane_not_the_data_plane") {
-        return;
-    }
-    let mut cluster = Cluster::new(
+    let Some(mut cluster) = cluster_with(
+        "full_disk_degrades_the_control_plane_not_the_data_plane",
         "fd",
         ClusterOptions {
             hosts: 3,
             start_agents: false,
             ..ClusterOptions::default()
         },
-    );
+    ) else {
+        return;
+    };
     let tmpfs = Tmpfs::mount(cluster.agents[1].data_dir.clone(), "4m");
     cluster.start_agents();
     wait_for("h1 to lead", Duration::from_secs(20), || {

@@ -66,16 +66,13 @@ fn expect_refusal(cluster: &mut Cluster, wal: &Path, offset: usize, what: &str) 
 
 #[test]
 fn damaged_wal_is_refused_torn_tail_is_recovered_and_rejoin_works() {
-    if !require_root("damaged_wal_is_refused_torn_tail_is_recovered_and_rejoin_works") {
-        return;
-    }
-    let mut cluster = Cluster::new(
+    let Some(mut cluster) = cluster_for(
+        "damaged_wal_is_refused_torn_tail_is_recovered_and_rejoin_works",
         "fw",
-        ClusterOptions {
-            hosts: 3,
-            ..ClusterOptions::default()
-        },
-    );
+        3,
+    ) else {
+        return;
+    };
     cluster.agents[0].vxnet(&["network", "create", "--subnet", "10.45.0.0/24", "wal"]);
     let c1 = cluster.container();
     let c3 = cluster.container();

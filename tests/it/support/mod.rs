@@ -29,6 +29,24 @@ pub fn require_root(test: &str) -> bool {
     root
 }
 
+/// The usual start of a netns test: `None` (the test is skipped, saying why) without root,
+/// else [`Cluster::new`] with `hosts` hosts and default options.
+pub fn cluster_for(test: &str, tag: &str, hosts: usize) -> Option<Cluster> {
+    cluster_with(
+        test,
+        tag,
+        ClusterOptions {
+            hosts,
+            ..ClusterOptions::default()
+        },
+    )
+}
+
+/// [`cluster_for`] with options.
+pub fn cluster_with(test: &str, tag: &str, options: ClusterOptions) -> Option<Cluster> {
+    require_root(test).then(|| Cluster::new(tag, options))
+}
+
 /// Panics with the error and its causes.
 fn must<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
