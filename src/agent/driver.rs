@@ -63,7 +63,6 @@ pub struct Health {
     storage_failed: AtomicBool,
     storage_failures: AtomicU64,
     storage_recoveries: AtomicU64,
-    last_error: std::sync::Mutex<String>,
 }
 
 impl Health {
@@ -82,23 +81,7 @@ impl Health {
         self.storage_recoveries.load(Ordering::Relaxed)
     }
 
-    /// The last storage error, if the data dir is failing now.
-    pub fn storage_error(&self) -> Option<String> {
-        if !self.storage_failed() {
-            return None;
-        }
-        Some(
-            self.last_error
-                .lock()
-                .map(|e| e.clone())
-                .unwrap_or_else(|p| p.into_inner().clone()),
-        )
-    }
-
-    fn set_failed(&self, error: &str) {
-        if let Ok(mut last) = self.last_error.lock() {
-            error.clone_into(&mut last);
-        }
+    fn set_failed(&self) {
         self.storage_failed.store(true, Ordering::Relaxed);
         self.storage_failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -425,7 +408,7 @@ impl Driver {
             "raft storage failed: {error}; this host stops accepting and acknowledging writes \
              (reads and the data plane go on) and retries every {PROBE_EVERY:?}"
         );
-        self.health.set_failed(&error);
+        self.health.set_failed();
         for (_, senders) in self.waiters.drain() {
             for sender in senders {
                 let _ = sender.send(ProposeOutcome::Unavailable(error.clone()));
