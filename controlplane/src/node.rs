@@ -1,3 +1,6 @@
+//! One job in one file (past 800 lines): driving one `RawNode` — its Ready loop, the membership
+//! policy the leader runs from it, and the accessors the driver reads; a tenth of it is tests.
+//!
 //! The Raft node: one `RawNode<DiskStorage>`, the [`State`] it drives, and ONE Ready loop.
 //!
 //! The node is sans-IO apart from its data directory. The caller:

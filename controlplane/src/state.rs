@@ -1,3 +1,6 @@
+//! One job in one file (past 800 lines): the apply of every command and the snapshot encoding of
+//! the same records must change together for replicas to stay identical; a quarter is tests.
+//!
 //! The replicated state machine: networks, endpoints, hosts and static VTEPs.
 //!
 //! [`State::apply`] is pure and deterministic (no I/O, clock or randomness): every replica

@@ -1,3 +1,6 @@
+//! Past 800 lines and more than one job (server, per-peer writers, forwarding, handshake, in the
+//! banner sections below): kept in one file until it is split into one file per job.
+//!
 //! Peer transport: agents talk over TCP with length-prefixed [`PeerEnvelope`] frames.
 //!
 //! Wire format: vxnet's one framing ([`vxnet_proto::frame`]) of prost-encoded

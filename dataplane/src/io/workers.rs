@@ -1,3 +1,6 @@
+//! Past 800 lines: the worker loop with its egress and ingress bursts, one job, plus tests (80
+//! lines); the per-burst values still travel as separate arguments.
+//!
 //! The data plane's threads: TAP → router → UDP and UDP → router → TAP.
 //!
 //! Each worker owns one epoll instance, one `SO_REUSEPORT` receive socket (the kernel spreads
