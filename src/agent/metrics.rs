@@ -178,10 +178,8 @@ impl Collector for AgentCollector {
         gauge(
             &mut encoder,
             "vxnet_agent_ready",
-            "1 once the agent replayed its local log and serves current state",
-            &raft(u64::from(
-                agent.ready.load(std::sync::atomic::Ordering::Relaxed),
-            )),
+            "1: the agent replayed its local log (metrics are served only from then on)",
+            &raft(1),
         )?;
         let health = agent.driver.health();
         gauge(

@@ -165,8 +165,6 @@ pub struct Agent {
     pub started: Instant,
     /// Latency of writes accepted on this host, until applied here.
     pub commit_latency: prometheus_client::metrics::histogram::Histogram,
-    /// The local log is replayed and the API serves the current state.
-    pub ready: std::sync::atomic::AtomicBool,
 }
 
 /// Random bytes for request ids, network and endpoint ids.
@@ -242,9 +240,6 @@ impl Agent {
                 return Err(AgentError::Config("the API stopped while starting".into()));
             }
         };
-        agent
-            .ready
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(Arc::clone(&agent).reconcile_loop());
         tracing::info!(api = %agent.config.api.display(), "ready: serving the API");
         tokio::spawn(server::serve(Arc::clone(&agent), api));
@@ -330,7 +325,6 @@ impl Agent {
             fib,
             started: Instant::now(),
             commit_latency: metrics::commit_latency_histogram(),
-            ready: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(Arc::clone(&agent).serve_peers(inbound));
         Ok(agent)
@@ -484,37 +478,36 @@ impl Agent {
             .await
             .ok()?
             .ok()?;
-        Some(match outcome {
-            ProposeOutcome::Applied { index, result } => ForwardResponse {
-                request_id,
-                index,
-                outcome: Some(match *result {
-                    Ok(response) => forward_response::Outcome::Ok(response),
-                    Err(e) => forward_response::Outcome::Err(e.to_proto()),
-                }),
-            },
-            // A host that cannot write is no leader: the forwarder retries elsewhere.
-            ProposeOutcome::NotLeader(_) | ProposeOutcome::Unavailable(_) => {
-                let leader = match outcome {
-                    ProposeOutcome::NotLeader(leader) => leader,
-                    _ => None,
-                };
-                let view = self.driver.view();
-                let leader_id = leader.unwrap_or(0);
-                let leader_addr = view
-                    .state
-                    .host_by_node_id(leader_id)
-                    .map(|h| h.peer_addr.clone())
-                    .unwrap_or_default();
-                ForwardResponse {
+        let leader = match outcome {
+            ProposeOutcome::Applied { index, result } => {
+                return Some(ForwardResponse {
                     request_id,
-                    index: 0,
-                    outcome: Some(forward_response::Outcome::NotLeader(NotLeader {
-                        leader_id,
-                        leader_addr,
-                    })),
-                }
+                    index,
+                    outcome: Some(match *result {
+                        Ok(response) => forward_response::Outcome::Ok(response),
+                        Err(e) => forward_response::Outcome::Err(e.to_proto()),
+                    }),
+                });
             }
+            ProposeOutcome::NotLeader(leader) => leader,
+            // A host that cannot write is no leader: the forwarder retries elsewhere.
+            ProposeOutcome::Unavailable(_) => None,
+        };
+        let leader_id = leader.unwrap_or(0);
+        let leader_addr = self
+            .driver
+            .view()
+            .state
+            .host_by_node_id(leader_id)
+            .map(|h| h.peer_addr.clone())
+            .unwrap_or_default();
+        Some(ForwardResponse {
+            request_id,
+            index: 0,
+            outcome: Some(forward_response::Outcome::NotLeader(NotLeader {
+                leader_id,
+                leader_addr,
+            })),
         })
     }
 

@@ -693,8 +693,8 @@ fn stats(agent: &Agent) -> ApiResponse {
     counters.insert("raft.commit_index".into(), view.commit_index);
     counters.insert("raft.applied_index".into(), view.applied_index);
     counters.insert("raft.leader_id".into(), view.leader_id.unwrap_or(0));
-    let ready = agent.ready.load(std::sync::atomic::Ordering::Relaxed);
-    counters.insert("agent.ready".into(), u64::from(ready));
+    // This server runs only once the agent is ready; while starting, `starting` answers 0.
+    counters.insert("agent.ready".into(), 1);
     let health = agent.driver.health();
     counters.insert(
         "storage.writable".into(),
