@@ -394,9 +394,14 @@ impl Driver {
                 }
             }
         }
+        self.announce_applied(outcome.applied_index);
+    }
+
+    /// Wakes the waiters of the applied index (read-your-writes, the reconcilers) if it moved.
+    fn announce_applied(&self, index: u64) {
         self.applied.send_if_modified(|applied| {
-            let changed = *applied != outcome.applied_index;
-            *applied = outcome.applied_index;
+            let changed = *applied != index;
+            *applied = index;
             changed
         });
     }
@@ -456,12 +461,7 @@ impl Driver {
                 let state = Arc::new(self.node.state().clone());
                 self.view.store(Arc::new(view_of(&self.node, state)));
                 self.sync_peers();
-                let applied = self.node.applied_index();
-                self.applied.send_if_modified(|a| {
-                    let changed = *a != applied;
-                    *a = applied;
-                    changed
-                });
+                self.announce_applied(self.node.applied_index());
             }
             Err(e) => {
                 degraded.failed_probes += 1;
