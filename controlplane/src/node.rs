@@ -594,11 +594,14 @@ impl Node {
     }
 
     /// The one Ready loop, in raft-rs's documented order except that committed entries are
-    /// applied right after (not before) persisting: send messages; apply the snapshot; persist
-    /// entries + HardState (one WAL record, one fsync); apply committed entries; send persisted
-    /// messages; advance; then from the LightReady: persist the commit index, send its
+    /// applied right after (not before) persisting: take messages; apply the snapshot; persist
+    /// entries + HardState (one WAL record, one fsync); apply committed entries; take persisted
+    /// messages; advance; then from the LightReady: persist the commit index, take its
     /// messages, apply its committed entries; advance_apply. Finally compact if due. raft-rs
     /// lets applying run in any order with persisting; ours keeps applied ≤ durable commit.
+    ///
+    /// Nothing is sent from here: every message is returned in [`ReadyOutcome::messages`], and
+    /// the caller sends them after this returns, so after the fsync.
     pub fn on_ready(&mut self) -> Result<ReadyOutcome, NodeError> {
         let mut out = ReadyOutcome {
             messages: std::mem::take(&mut self.pending_messages),
@@ -606,8 +609,10 @@ impl Node {
         };
         if self.raw.has_ready() {
             let mut rd = self.raw.ready();
-            // A leader may send before persisting (Raft thesis 10.2.1); followers' messages
-            // that depend on persisted state come in persisted_messages.
+            // Raft lets a leader send these before persisting (thesis 10.2.1); here they leave
+            // only after on_ready returns, once everything below is durable: one fsync of
+            // latency on the leader, and no message ever gets ahead of this host's disk.
+            // Followers' messages that depend on persisted state come in persisted_messages.
             out.messages.extend(rd.take_messages());
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();

@@ -18,9 +18,9 @@ use std::time::Duration;
 use crate::fdb::{FibSnapshot, MacLocation, NetworkTable, Vni};
 use crate::stats::{DropReason, WorkerStats};
 use crate::wire::{
-    ArpOperation, ArpPacket, EtherType, EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet,
-    Ipv4Repr, Ipv6Packet, Ipv6Repr, MacAddr, NdiscNeighborAdvertRepr, VxlanPacket, VxlanRepr,
-    icmpv4, icmpv6, ip_protocol, ndisc_flags,
+    self, ArpOperation, ArpPacket, EtherType, EthernetFrame, Icmpv4Packet, Icmpv6Packet,
+    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, MacAddr, NdiscNeighborAdvertRepr, VxlanPacket,
+    VxlanRepr, icmpv4, icmpv6, ip_protocol, ndisc_flags,
 };
 
 /// Bytes the caller reserves in front of an egress frame: the VXLAN header goes there.
@@ -30,11 +30,11 @@ pub const EGRESS_HEADROOM: usize = 8;
 /// place. With less room the router drops (and counts) instead of answering.
 pub const EGRESS_TAILROOM: usize = 64;
 
-const ETHERNET_HEADER_LEN: usize = 14;
-const IPV4_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
-const ICMPV4_HEADER_LEN: usize = 8;
-const ARP_LEN: usize = 28;
+const ETHERNET_HEADER_LEN: usize = wire::ethernet::HEADER_LEN;
+const IPV4_HEADER_LEN: usize = wire::ipv4::HEADER_LEN;
+const IPV6_HEADER_LEN: usize = wire::ipv6::HEADER_LEN;
+const ICMPV4_HEADER_LEN: usize = wire::icmpv4::HEADER_LEN;
+const ARP_LEN: usize = wire::arp::LEN;
 /// RFC 1812 §4.3.2.3: an ICMP error carries as much of the original as fits in 576 bytes.
 const ICMP_ERROR_MAX_IP_LEN: usize = 576;
 
@@ -375,7 +375,7 @@ fn flood_or(table: &NetworkTable, otherwise: Egress) -> Egress {
 
 /// Bytes of a datagram that [`IngressMemo`] compares: the VXLAN header (8) and the inner
 /// Ethernet destination, source and EtherType (14).
-const INGRESS_MEMO_LEN: usize = 22;
+const INGRESS_MEMO_LEN: usize = wire::vxlan::HEADER_LEN + ETHERNET_HEADER_LEN;
 
 /// The last ingress decision of a batch, for [`Router::ingress_with`]. Make a new one for every
 /// batch: it is only valid for one sender and one forwarding-table snapshot.
@@ -652,8 +652,9 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
                     u64::from(u32::from(ip.src_addr())) << 32 | u64::from(u32::from(ip.dst_addr())),
                 );
                 h.add(u64::from(ip.next_header()));
-                // Later fragments carry no ports: hash them like the first one would not be
-                // possible, so fragments of every flow share the address-only hash.
+                // Only a datagram's first fragment carries the ports, and a later one cannot be
+                // tied to its flow without reassembly: every fragment, the first included, gets
+                // the address-only hash, so all of a datagram's fragments share one port.
                 if !ip.more_frags() && ip.frag_offset() == 0 {
                     h.add(ports(ip.next_header(), ip.payload()));
                 }

@@ -1,8 +1,10 @@
-//! Packet and drop counters.
+//! Packet, drop and I/O error counters.
 //!
-//! Every packet the router does not forward is counted under a named [`DropReason`]. Counters are
-//! per worker (each worker owns one [`WorkerStats`], so increments never contend between cores)
-//! and summed only when somebody reads them ([`StatsRegistry::snapshot`]).
+//! Every packet the data plane does not forward is counted under a named [`DropReason`]; every
+//! system call on the packet path that fails with a real error (not `WouldBlock`, not
+//! `Interrupted`) is counted under an [`IoFault`]. Counters are per worker (each worker owns one
+//! [`WorkerStats`], so increments never contend between cores) and summed only when somebody
+//! reads them ([`StatsRegistry::snapshot`], [`StatsRegistry::io_errors`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,11 +49,55 @@ drop_reasons! {
     UnknownVni => "unknown_vni", "A VNI this host is not a member of.";
     NonMemberVtep => "non_member_vtep", "The outer source is not a member VTEP of the VNI (anti-spoofing).";
     MalformedInner => "malformed_inner", "The inner frame is truncated or its L3 header is malformed.";
+    TruncatedDatagram => "truncated_datagram", "A datagram (or GRO batch) larger than the receive buffer: the kernel cut it, so none of it is delivered.";
     SourceMismatch => "source_mismatch", "The inner source MAC is registered behind a different VTEP.";
     NotLocal => "not_local", "Unicast to a MAC that is not on this host.";
     // I/O: the kernel refused a packet the router had accepted.
     TapWriteError => "tap_write_error", "Writing a frame to a TAP device failed.";
     UdpSendError => "udp_send_error", "Sending a datagram to a remote VTEP failed.";
+    UdpSendBusy => "udp_send_busy", "The send socket had no room (WouldBlock, ENOBUFS): the datagram was not sent.";
+}
+
+/// A system call of the packet path that failed with a real error: not `WouldBlock` (nothing to
+/// do, or no room now) and not `Interrupted` (retried). Each failed call counts once, whatever
+/// it carried; the packets it lost are counted as drops too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(usize)]
+pub enum IoFault {
+    /// `read` from a TAP queue.
+    TapRead,
+    /// `write`/`writev` to a TAP queue.
+    TapWrite,
+    /// `recvmmsg` on an underlay receive socket.
+    UdpRecv,
+    /// `sendto`/`sendmsg` on an underlay send socket.
+    UdpSend,
+    /// `epoll_wait` of a worker.
+    EpollWait,
+}
+
+impl IoFault {
+    /// Every fault, in counter order.
+    pub const ALL: &'static [IoFault] = &[
+        IoFault::TapRead,
+        IoFault::TapWrite,
+        IoFault::UdpRecv,
+        IoFault::UdpSend,
+        IoFault::EpollWait,
+    ];
+    /// How many faults there are.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The stable, snake_case name shown by `vxnet stats` (`io_error.<name>`) and in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            IoFault::TapRead => "tap_read",
+            IoFault::TapWrite => "tap_write",
+            IoFault::UdpRecv => "udp_recv",
+            IoFault::UdpSend => "udp_send",
+            IoFault::EpollWait => "epoll_wait",
+        }
+    }
 }
 
 /// Counters of one worker. Plain relaxed atomics: the owner is the only writer, so the cache
@@ -59,6 +105,7 @@ drop_reasons! {
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     drops: [AtomicU64; DropReason::COUNT],
+    faults: [AtomicU64; IoFault::COUNT],
 }
 
 impl WorkerStats {
@@ -84,6 +131,17 @@ impl WorkerStats {
     /// The sum of all drop counters.
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Counts one failed system call.
+    #[inline]
+    pub fn count_fault(&self, fault: IoFault) {
+        self.faults[fault as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current count for one kind of failed call.
+    pub fn faults(&self, fault: IoFault) -> u64 {
+        self.faults[fault as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -179,6 +237,16 @@ impl StatsRegistry {
             .collect()
     }
 
+    /// Sums every worker's failed-call counters into one map keyed by [`IoFault::name`] (all
+    /// present).
+    pub fn io_errors(&self) -> BTreeMap<&'static str, u64> {
+        let workers = self.workers_guard();
+        IoFault::ALL
+            .iter()
+            .map(|&fault| (fault.name(), workers.iter().map(|w| w.faults(fault)).sum()))
+            .collect()
+    }
+
     fn workers_guard(&self) -> std::sync::MutexGuard<'_, Vec<Arc<WorkerStats>>> {
         // A poisoned lock only means a reader panicked; the counters themselves are still valid.
         self.workers
@@ -217,5 +285,24 @@ mod tests {
         assert_eq!(snap["short_frame"], 1);
         assert_eq!(snap["no_route"], 0);
         assert_eq!(snap.len(), DropReason::COUNT);
+    }
+
+    #[test]
+    fn io_faults_are_named_in_order_and_summed() {
+        for (i, fault) in IoFault::ALL.iter().enumerate() {
+            assert_eq!(*fault as usize, i);
+        }
+        let registry = StatsRegistry::new();
+        let a = registry.register_worker();
+        let b = registry.register_worker();
+        a.count_fault(IoFault::TapRead);
+        b.count_fault(IoFault::TapRead);
+        b.count_fault(IoFault::EpollWait);
+        let errors = registry.io_errors();
+        assert_eq!(errors["tap_read"], 2);
+        assert_eq!(errors["epoll_wait"], 1);
+        assert_eq!(errors["udp_recv"], 0);
+        assert_eq!(errors.len(), IoFault::COUNT);
+        assert_eq!(a.total_drops(), 0, "faults are not drops");
     }
 }

@@ -138,6 +138,18 @@ impl Collector for AgentCollector {
             "Packets dropped by the data plane, by reason",
             &drops,
         )?;
+        let io_errors: Vec<_> = agent
+            .stats
+            .io_errors()
+            .into_iter()
+            .map(|(call, count)| (vec![("call", call.to_string())], count))
+            .collect();
+        counter(
+            &mut encoder,
+            "vxnet_io_errors",
+            "System calls of the data plane that failed (not WouldBlock, not Interrupted), by call",
+            &io_errors,
+        )?;
         gauge(
             &mut encoder,
             "vxnet_fib_entries",

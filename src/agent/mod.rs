@@ -167,26 +167,20 @@ pub struct Agent {
     pub commit_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
-/// Random bytes for request ids, network and endpoint ids.
+/// Random bytes for request ids, network and endpoint ids (the `getrandom` crate, as the peer
+/// transport's nonces: one source of randomness).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
-    // getrandom(2) with flags 0 blocks only before the kernel's pool is initialised at boot.
-    let mut filled = 0;
-    while filled < N {
-        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), N - filled, 0) };
-        if n <= 0 {
-            // Never expected; fall back to the clock so ids stay distinct, not secret.
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos();
-            for (i, b) in buf[filled..].iter_mut().enumerate() {
-                *b = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
-            }
-            break;
+    if getrandom::getrandom(&mut buf).is_err() {
+        // Never expected (getrandom(2) blocks only until the kernel's pool is initialised at
+        // boot); fall back to the clock so ids stay distinct, if not secret.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
         }
-        filled += n as usize;
     }
     buf
 }

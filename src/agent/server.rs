@@ -673,6 +673,9 @@ fn stats(agent: &Agent) -> ApiResponse {
     for (reason, count) in agent.stats.snapshot() {
         counters.insert(format!("drop.{reason}"), count);
     }
+    for (call, count) in agent.stats.io_errors() {
+        counters.insert(format!("io_error.{call}"), count);
+    }
     let view = agent.driver.view();
     let fib = agent.fib.load();
     for table in fib.networks() {

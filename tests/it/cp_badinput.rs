@@ -1,4 +1,4 @@
-//! Bad input for the control plane (issue #4): garbage on the API socket, malformed and hostile
+//! Bad input for the control plane: garbage on the API socket, malformed and hostile
 //! peer traffic on port 7946 from a stranger on the underlay, and conflicting requests through
 //! the CLI. The agents must answer an error or close, keep serving, and lose nothing.
 

@@ -1,4 +1,4 @@
-//! The Raft control plane end to end (issue #4): three real agents in network namespaces —
+//! The Raft control plane end to end: three real agents in network namespaces —
 //! bootstrap and two joins, promotion to three voters, replication and read-your-writes, leader
 //! failover and catch-up after a restart, 300 concurrent endpoint creations, and a minority that
 //! refuses writes but keeps serving reads.

@@ -1,4 +1,4 @@
-//! Issue #5, proof 4: ARP suppression. A container's ARP request for a remote peer the control
+//! ARP suppression. A container's ARP request for a remote peer the control
 //! plane knows is answered by its own host's agent; no ARP request for it crosses the underlay.
 //! A request for an unknown address is flooded (the control case: the capture would see one).
 

@@ -1,4 +1,4 @@
-//! Issue #5, proof 3: networks are isolated. A container on network A that is told, by a static
+//! Networks are isolated. A container on network A that is told, by a static
 //! route and a permanent neighbour entry, exactly where a container of network B is (its IP and
 //! MAC, on-link) still cannot reach it: the router only forwards within a VNI, so nothing from A
 //! is ever delivered into B, on the same host or across the underlay.

@@ -1,4 +1,4 @@
-//! Issue #5, proof 2: the overlay MTU and path MTU discovery through the userspace router.
+//! The overlay MTU and path MTU discovery through the userspace router.
 //!
 //! With an underlay MTU of 1400 the agent gives the network's links 1350 (underlay − 50). A
 //! container whose MTU is raised by hand past that sends frames the router cannot carry: the

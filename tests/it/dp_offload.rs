@@ -1,4 +1,4 @@
-//! Issue #6: the offload engine end to end. With `--offload on` (the default) the TAP hands the
+//! The offload engine end to end. With `--offload on` (the default) the TAP hands the
 //! agent TCP super-frames (TSO), the agent segments them into one UDP GSO send, the receiving
 //! agent gets GRO batches and coalesces them back into super-frames for its TAP. These tests
 //! check that bytes arrive intact (sha256 on both ends), that the super-frames really flow
@@ -161,6 +161,17 @@ fn offload_on_streams_super_frames() {
             s.get("drop.tap_write_error"),
             Some(&0),
             "{}: {s:?}",
+            agent.name
+        );
+        // Every failed data-plane call is shown, and a healthy transfer has none.
+        let io_errors: Vec<_> = s
+            .iter()
+            .filter(|(k, _)| k.starts_with("io_error."))
+            .collect();
+        assert_eq!(io_errors.len(), 5, "{}: {s:?}", agent.name);
+        assert!(
+            io_errors.iter().all(|(_, v)| **v == 0),
+            "{}: {io_errors:?}",
             agent.name
         );
     }

@@ -1,4 +1,4 @@
-//! Issue #5, proof 5: the underlay, inspected frame by frame. A capture of h1's underlay during
+//! The underlay, inspected frame by frame. A capture of h1's underlay during
 //! a ping and eight parallel TCP flows is parsed with our `wire` views: every container frame is
 //! VXLAN (I flag, the network's VNI) between member VTEPs, carries only the endpoints' MACs and
 //! IPs, and nothing of the containers leaks unencapsulated. One inner flow keeps one UDP source

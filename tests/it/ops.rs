@@ -87,6 +87,7 @@ fn metrics_parse_and_move_with_traffic() {
     for family in [
         "vxnet_network_tx_packets_total{",
         "vxnet_drops_total{reason=\"unknown_vni\"}",
+        "vxnet_io_errors_total{call=\"tap_read\"}",
         "vxnet_raft_term",
         "vxnet_raft_is_leader",
         "vxnet_peer_reachable{peer=\"h2\"}",

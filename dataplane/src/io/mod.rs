@@ -5,24 +5,30 @@
 //!   namespaces ([`netlink::in_netns`]).
 //! - [`netns`]: network namespace handles, and named namespaces for tests and tools.
 //! - [`udp`]: the VXLAN underlay sockets (batched `recvmmsg`/`sendmmsg`, UDP GSO and GRO).
+//! - [`workers`]: the data plane's threads, each with its epoll instance (`epoll`), its
+//!   busy-poll policy ([`BusyPoll`]) and its log of failed calls (`faults`).
 //!
 //! Setup calls return [`IoError`]; per-packet calls (`read`, `write`, `recv_batch`, …) return
 //! [`std::io::Error`] so that the hot path can test `WouldBlock` without unwrapping a wrapper.
 
+mod busy_poll;
+mod epoll;
+mod faults;
 pub mod netlink;
 pub mod netns;
 pub mod tap;
 pub mod udp;
 pub mod workers;
 
+pub use busy_poll::{
+    BUSY_POLL_BUDGET, BUSY_POLL_BULK_PACKETS, BUSY_POLL_PERIOD, BusyPoll, DEFAULT_BUSY_POLL,
+};
+
 pub use netlink::{LinkInfo, LinkRef, Netlink, VethCreated, VethSpec, in_netns, in_netns_blocking};
 pub use netns::{NamedNetns, NetnsHandle};
 pub use tap::{Tap, TapOffloads, TapOptions, VNET_HDR_LEN};
 pub use udp::{MsgBatch, RecvMeta, SendPool, VxlanSocket, bind_vxlan_rx};
-pub use workers::{
-    BUSY_POLL_BUDGET, BUSY_POLL_BULK_PACKETS, BUSY_POLL_PERIOD, BusyPoll, DEFAULT_BUSY_POLL,
-    DataPlane, DataPlaneConfig,
-};
+pub use workers::{DataPlane, DataPlaneConfig};
 
 /// Errors of the I/O layer's setup calls.
 #[derive(Debug, thiserror::Error)]

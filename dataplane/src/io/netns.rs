@@ -6,8 +6,9 @@
 //! caller's threads or runtime.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -66,25 +67,24 @@ impl NetnsHandle {
     }
 
     fn open_path(path: &Path, desc: &str) -> Result<NetnsHandle> {
-        let cpath = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| IoError::Invalid(format!("namespace path {path:?} contains NUL")))?;
-        // SAFETY: cpath is a valid NUL-terminated string for the duration of the call.
-        let fd = unsafe { libc::open(cpath.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::NotFound {
+        let fd = match File::open(path) {
+            Ok(file) => OwnedFd::from(file),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 return Err(IoError::NotFound(format!(
                     "network namespace {desc:?} ({} does not exist)",
                     path.display()
                 )));
             }
-            return Err(IoError::os(
-                format!("open network namespace {}", path.display()),
-                err,
-            ));
-        }
-        // SAFETY: fd was just returned by open and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(IoError::Invalid(format!("namespace path {path:?}: {err}")));
+            }
+            Err(err) => {
+                return Err(IoError::os(
+                    format!("open network namespace {}", path.display()),
+                    err,
+                ));
+            }
+        };
         // Reject a regular file or another namespace type early, with a clear message, rather
         // than with a confusing EINVAL from setns later.
         // SAFETY: NS_GET_NSTYPE takes no argument and only inspects the fd.
@@ -120,13 +120,14 @@ impl NetnsHandle {
 
     /// The namespace's inode number: equal for two handles on the same namespace.
     pub fn inode(&self) -> Result<u64> {
-        // SAFETY: stat is plain old data; all-zero is a valid value to be overwritten.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: st is a valid, writable stat buffer; the fd is open.
-        if unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(IoError::last_os(format!("fstat {}", self.desc)));
-        }
-        Ok(st.st_ino)
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| IoError::os(format!("dup namespace fd of {}", self.desc), e))?;
+        File::from(fd)
+            .metadata()
+            .map(|m| m.ino())
+            .map_err(|e| IoError::os(format!("fstat {}", self.desc), e))
     }
 
     /// Moves the calling thread into this namespace. Only for threads made for that purpose.
@@ -227,12 +228,10 @@ static RUN_DIR_SETUP: Mutex<()> = Mutex::new(());
 fn prepare_run_dir() -> Result<()> {
     let _guard = RUN_DIR_SETUP.lock().unwrap_or_else(|p| p.into_inner());
     let dir = c"/run/netns";
-    // SAFETY: dir is a valid NUL-terminated string.
-    if unsafe { libc::mkdir(dir.as_ptr(), 0o755) } != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(IoError::os("mkdir /run/netns", err));
-        }
+    match DirBuilder::new().mode(0o755).create(NETNS_RUN_DIR) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(IoError::os("mkdir /run/netns", err)),
     }
     let mut bound = false;
     loop {
@@ -284,23 +283,19 @@ fn named_path(name: &str) -> Result<CString> {
 pub fn add(name: &str) -> Result<()> {
     let path = named_path(name)?;
     prepare_run_dir()?;
-    // SAFETY: path is a valid NUL-terminated string.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EEXIST) {
+    // The file only has to exist, as the mount point; mode 0 as `ip netns add` makes it.
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(format!("{NETNS_RUN_DIR}/{name}"));
+    match created {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(IoError::AlreadyExists(format!("network namespace {name}")));
         }
-        return Err(IoError::os(format!("create {NETNS_RUN_DIR}/{name}"), err));
+        Err(err) => return Err(IoError::os(format!("create {NETNS_RUN_DIR}/{name}"), err)),
     }
-    // SAFETY: fd was just returned by open; we only needed the file to exist as a mount point.
-    drop(unsafe { OwnedFd::from_raw_fd(fd) });
 
     let res = std::thread::scope(|s| {
         s.spawn(|| {
@@ -330,8 +325,7 @@ pub fn add(name: &str) -> Result<()> {
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     });
     if res.is_err() {
-        // SAFETY: path is a valid NUL-terminated string.
-        unsafe { libc::unlink(path.as_ptr()) };
+        let _ = std::fs::remove_file(format!("{NETNS_RUN_DIR}/{name}"));
     }
     res
 }
@@ -348,12 +342,10 @@ pub fn del(name: &str) -> Result<()> {
             return Err(IoError::os(format!("umount {NETNS_RUN_DIR}/{name}"), err));
         }
     }
-    // SAFETY: path is a valid NUL-terminated string.
-    if unsafe { libc::unlink(path.as_ptr()) } != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ENOENT) {
-            return Err(IoError::os(format!("unlink {NETNS_RUN_DIR}/{name}"), err));
+    match std::fs::remove_file(format!("{NETNS_RUN_DIR}/{name}")) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(IoError::os(format!("unlink {NETNS_RUN_DIR}/{name}"), err))
         }
+        _ => Ok(()),
     }
-    Ok(())
 }

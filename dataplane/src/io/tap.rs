@@ -19,7 +19,7 @@ use super::{IoError, Result, check_ifname, retry_eintr};
 
 /// Size of the `virtio_net_hdr` that precedes each frame when [`TapOptions::vnet_hdr`] is set
 /// (without the `num_buffers` field of the mergeable-buffers variant).
-pub const VNET_HDR_LEN: usize = 10;
+pub const VNET_HDR_LEN: usize = crate::wire::virtio_net_hdr::LEN;
 
 const TUN_PATH: &CStr = c"/dev/net/tun";
 

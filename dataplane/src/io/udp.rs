@@ -11,11 +11,11 @@
 //!   `UDP_SEGMENT`, each gathered from two pieces (headers, payload where it was read), falling
 //!   back to one datagram per call where the kernel or the route cannot.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 
 use super::{IoError, Result, retry_eintr};
 
@@ -64,7 +64,7 @@ impl Default for RecvMeta {
 pub struct MsgBatch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_storage>,
+    addrs: Vec<SockAddrStorage>,
     ctrl: Vec<[u64; CTRL_WORDS]>,
 }
 
@@ -84,18 +84,17 @@ impl MsgBatch {
     /// Arrays for up to `capacity` datagrams per call (at least 1; 64 is a good start).
     pub fn new(capacity: usize) -> MsgBatch {
         let capacity = capacity.clamp(1, 1024);
-        // SAFETY: mmsghdr, iovec and sockaddr_storage are plain old data; all-zero is valid.
-        let (hdr, iov, addr) = unsafe {
+        // SAFETY: mmsghdr and iovec are plain old data; all-zero is valid.
+        let (hdr, iov) = unsafe {
             (
                 std::mem::zeroed::<libc::mmsghdr>(),
                 std::mem::zeroed::<libc::iovec>(),
-                std::mem::zeroed::<libc::sockaddr_storage>(),
             )
         };
         MsgBatch {
             hdrs: vec![hdr; capacity],
             iovs: vec![iov; capacity],
-            addrs: vec![addr; capacity],
+            addrs: (0..capacity).map(|_| SockAddrStorage::zeroed()).collect(),
             ctrl: vec![[0; CTRL_WORDS]; capacity],
         }
     }
@@ -239,9 +238,8 @@ impl VxlanSocket {
             };
             let hdr = &mut hdrs[i];
             hdr.msg_len = 0;
-            hdr.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_hdr.msg_namelen =
-                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_hdr.msg_namelen = addrs[i].size_of();
+            hdr.msg_hdr.msg_name = (&mut addrs[i] as *mut SockAddrStorage).cast();
             hdr.msg_hdr.msg_iov = &mut iovs[i];
             hdr.msg_hdr.msg_iovlen = 1;
             hdr.msg_hdr.msg_control = ctrl[i].as_mut_ptr().cast();
@@ -263,7 +261,7 @@ impl VxlanSocket {
         })? as usize;
         for (hdr, (meta, addr)) in hdrs[..got]
             .iter_mut()
-            .zip(metas.iter_mut().zip(addrs.iter()))
+            .zip(metas.iter_mut().zip(addrs.iter_mut()))
         {
             let len = hdr.msg_len as usize;
             let stride = gro_stride(&hdr.msg_hdr).unwrap_or(len);
@@ -300,10 +298,12 @@ impl VxlanSocket {
                     iov_base: payload.as_ptr().cast_mut().cast(),
                     iov_len: payload.len(),
                 };
-                let namelen = write_sockaddr(dst, self.v6, &mut addrs[i]);
+                let dst = sock_addr(*dst, self.v6);
+                let namelen = dst.len();
+                addrs[i] = dst.as_storage();
                 let hdr = &mut hdrs[i];
                 hdr.msg_len = 0;
-                hdr.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+                hdr.msg_hdr.msg_name = (&mut addrs[i] as *mut SockAddrStorage).cast();
                 hdr.msg_hdr.msg_namelen = namelen;
                 hdr.msg_hdr.msg_iov = &mut iovs[i];
                 hdr.msg_hdr.msg_iovlen = 1;
@@ -334,8 +334,7 @@ impl VxlanSocket {
 
     /// Sends one datagram.
     pub fn send_to(&self, buf: &[u8], dst: SocketAddr) -> std::io::Result<usize> {
-        let mut addr = zeroed_storage();
-        let len = write_sockaddr(&dst, self.v6, &mut addr);
+        let addr = sock_addr(dst, self.v6);
         let fd = self.sock.as_raw_fd();
         // SAFETY: buf and addr are valid for the given lengths for the duration of the call.
         retry_eintr(|| unsafe {
@@ -344,8 +343,8 @@ impl VxlanSocket {
                 buf.as_ptr().cast(),
                 buf.len(),
                 0,
-                (&addr as *const libc::sockaddr_storage).cast(),
-                len,
+                addr.as_ptr().cast(),
+                addr.len(),
             )
         })
         .map(|n| n as usize)
@@ -392,8 +391,7 @@ impl VxlanSocket {
                 "bad GSO segment size",
             ));
         }
-        let mut addr = zeroed_storage();
-        let namelen = write_sockaddr(&dst, self.v6, &mut addr);
+        let addr = sock_addr(dst, self.v6);
         let per_send = GSO_MAX_SEGMENTS.min(MAX_UDP_PAYLOAD / segment_size).max(1);
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
@@ -412,23 +410,23 @@ impl VxlanSocket {
             }
             let iov = &iov[..2 * n];
             let r = if n > 1 && self.gso_enabled() {
-                match self.sendmsg_iov(&addr, namelen, iov, Some(segment_size as u16)) {
+                match self.sendmsg_iov(&addr, iov, Some(segment_size as u16)) {
                     Ok(_) => Ok(n),
                     // EIO: the route's device cannot checksum GSO segments; never try again.
                     Err(e) if e.raw_os_error() == Some(libc::EIO) => {
                         self.gso.store(false, Ordering::Relaxed);
-                        self.send_one_by_one(&addr, namelen, iov)
+                        self.send_one_by_one(&addr, iov)
                     }
                     // EMSGSIZE (EINVAL before Linux 6.x): the segments do not fit the route's
                     // MTU (the kernel never fragments GSO segments). One datagram per segment,
                     // which IP may fragment, as without GSO; GSO stays on for other sizes.
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL)) => {
-                        self.send_one_by_one(&addr, namelen, iov)
+                        self.send_one_by_one(&addr, iov)
                     }
                     Err(e) => Err(e),
                 }
             } else {
-                self.send_one_by_one(&addr, namelen, iov)
+                self.send_one_by_one(&addr, iov)
             };
             match r {
                 Ok(k) => {
@@ -445,15 +443,10 @@ impl VxlanSocket {
     }
 
     /// One `sendmsg` per datagram, each datagram an iovec pair; returns how many were sent.
-    fn send_one_by_one(
-        &self,
-        addr: &libc::sockaddr_storage,
-        namelen: libc::socklen_t,
-        iov: &[libc::iovec],
-    ) -> std::io::Result<usize> {
+    fn send_one_by_one(&self, addr: &SockAddr, iov: &[libc::iovec]) -> std::io::Result<usize> {
         let mut sent = 0;
         for pair in iov.chunks(2) {
-            match self.sendmsg_iov(addr, namelen, pair, None) {
+            match self.sendmsg_iov(addr, pair, None) {
                 Ok(_) => sent += 1,
                 Err(e) if sent == 0 => return Err(e),
                 Err(_) => break,
@@ -466,16 +459,15 @@ impl VxlanSocket {
     /// `segment_size` is given.
     fn sendmsg_iov(
         &self,
-        addr: &libc::sockaddr_storage,
-        namelen: libc::socklen_t,
+        addr: &SockAddr,
         iov: &[libc::iovec],
         segment_size: Option<u16>,
     ) -> std::io::Result<usize> {
         let mut ctrl = [0u64; CTRL_WORDS];
         // SAFETY: msghdr is plain old data; all-zero is valid.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (addr as *const libc::sockaddr_storage).cast_mut().cast();
-        msg.msg_namelen = namelen;
+        msg.msg_name = addr.as_ptr().cast_mut().cast();
+        msg.msg_namelen = addr.len();
         msg.msg_iov = iov.as_ptr().cast_mut();
         msg.msg_iovlen = iov.len() as _;
         if let Some(segment_size) = segment_size {
@@ -631,77 +623,29 @@ fn gro_stride(msg: &libc::msghdr) -> Option<usize> {
     None
 }
 
-fn zeroed_storage() -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-    unsafe { std::mem::zeroed() }
-}
-
-/// Writes `addr` for a socket of the given family (IPv4 becomes v4-mapped on IPv6 sockets).
-fn write_sockaddr(
-    addr: &SocketAddr,
-    v6_socket: bool,
-    out: &mut libc::sockaddr_storage,
-) -> libc::socklen_t {
-    let v6 = match addr {
-        SocketAddr::V4(a) if !v6_socket => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
-            unsafe { std::ptr::write((out as *mut libc::sockaddr_storage).cast(), sin) };
-            return std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+/// `addr` as the kernel wants it for a socket of the given family (IPv4 becomes v4-mapped on
+/// IPv6 sockets).
+fn sock_addr(addr: SocketAddr, v6_socket: bool) -> SockAddr {
+    match addr {
+        SocketAddr::V4(a) if v6_socket => {
+            SockAddr::from(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
         }
-        SocketAddr::V4(a) => SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0),
-        SocketAddr::V6(a) => *a,
-    };
-    let sin6 = libc::sockaddr_in6 {
-        sin6_family: libc::AF_INET6 as libc::sa_family_t,
-        sin6_port: v6.port().to_be(),
-        sin6_flowinfo: v6.flowinfo().to_be(),
-        sin6_addr: libc::in6_addr {
-            s6_addr: v6.ip().octets(),
-        },
-        sin6_scope_id: v6.scope_id(),
-    };
-    // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
-    unsafe { std::ptr::write((out as *mut libc::sockaddr_storage).cast(), sin6) };
-    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
-}
-
-fn read_sockaddr(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match ss.ss_family as libc::c_int {
-        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family says the storage holds a sockaddr_in, and it is long enough.
-            let sin =
-                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: the family says the storage holds a sockaddr_in6, and it is long enough.
-            let sin6 =
-                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            let port = u16::from_be(sin6.sin6_port);
-            Some(match ip.to_ipv4_mapped() {
-                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
-                None => SocketAddr::V6(SocketAddrV6::new(
-                    ip,
-                    port,
-                    u32::from_be(sin6.sin6_flowinfo),
-                    sin6.sin6_scope_id,
-                )),
-            })
-        }
-        _ => None,
+        addr => SockAddr::from(addr),
     }
+}
+
+/// The sender the kernel wrote into `storage` (`len` bytes; v4-mapped IPv6 is reported as IPv4).
+/// Leaves `storage` zeroed for the next call.
+fn read_sockaddr(storage: &mut SockAddrStorage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let storage = std::mem::replace(storage, SockAddrStorage::zeroed());
+    // SAFETY: the kernel initialised `len` bytes of `storage` (recvmmsg's msg_namelen), never
+    // more than its size.
+    let addr = unsafe { SockAddr::new(storage, len) }.as_socket()?;
+    Some(match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    })
 }

@@ -1,6 +1,3 @@
-//! Past 800 lines: the worker loop with its egress and ingress bursts, one job, plus tests (80
-//! lines); the per-burst values still travel as separate arguments.
-//!
 //! The data plane's threads: TAP → router → UDP and UDP → router → TAP.
 //!
 //! Each worker owns one epoll instance, one `SO_REUSEPORT` receive socket (the kernel spreads
@@ -13,11 +10,12 @@
 //! super-frames of up to ~64 KiB:
 //!
 //! - egress: one `read` brings a super-frame; [`offload::segment_tcp`] writes each MSS-sized
-//!   segment's headers, the router decides for the first segment (every segment has the same
-//!   MACs, addresses and ports, and none is larger, so the decision holds for all), and the whole
-//!   batch leaves in one UDP GSO send per destination (`UDP_SEGMENT` = stride), each datagram
-//!   gathered from its headers and its payload where the `read` put it: the payload is read once
-//!   in userspace (for the checksum) and never copied there. Frames without GSO get their partial
+//!   segment's headers, and copies the first segment whole (headers and payload) into a buffer
+//!   of its own, where the router decides for it in place (every segment has the same MACs,
+//!   addresses and ports, and none is larger, so the decision holds for all). The whole batch
+//!   leaves in one UDP GSO send per destination (`UDP_SEGMENT` = stride), each datagram gathered
+//!   from its headers and its payload where the `read` put it: the other segments' payloads are
+//!   read once in userspace (for the checksum) and not copied there. Frames without GSO get their partial
 //!   checksum completed ([`offload::complete_checksum`]) and take the ordinary path. A
 //!   super-frame that is dropped counts one drop per segment.
 //! - ingress: the receive socket's `UDP_GRO` batches are split by stride and routed datagram by
@@ -28,11 +26,18 @@
 //!
 //! Without it every frame costs one `read` or `write` and one `sendto`, and the TAP has no
 //! vnet header (the kernel segments and checksums before the TAP).
+//!
+//! A failed call is never mistaken for "nothing to read": `WouldBlock` ends a burst, `EINTR` is
+//! retried inside the call, and any other error is counted under its [`IoFault`]
+//! (`vxnet stats`: `io_error.*`; `/metrics`: `vxnet_io_errors_total`) and logged at most once a
+//! minute per kind; the packets it lost count as drops (`truncated_datagram`, `tap_write_error`,
+//! `udp_send_error`, or `udp_send_busy` for a full send socket).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -42,6 +47,9 @@ use arc_swap::ArcSwap;
 
 use crate::capture::{CaptureHub, Direction};
 use crate::fdb::{Fib, FibSnapshot, NetworkTable, Vni};
+use crate::io::busy_poll::{BusyPoll, DEFAULT_BUSY_POLL};
+use crate::io::epoll::Epoll;
+use crate::io::faults::{FaultLog, is_send_busy, is_would_block};
 use crate::io::{
     IoError, MsgBatch, RecvMeta, Result, SendPool, Tap, TapOptions, VNET_HDR_LEN, VxlanSocket,
 };
@@ -50,7 +58,7 @@ use crate::router::{
     EGRESS_HEADROOM, EGRESS_TAILROOM, EgressAction, IngressAction, IngressMemo, Router,
     RouterConfig,
 };
-use crate::stats::{DropReason, StatsRegistry, WorkerStats};
+use crate::stats::{DropReason, IoFault, StatsRegistry, WorkerStats};
 use crate::txbatch::{GsoBatcher, GsoRun};
 use crate::wire::virtio_net_hdr::gso_type;
 use crate::wire::{VirtioNetHdr, VirtioNetHdrRepr};
@@ -89,7 +97,7 @@ pub struct DataPlaneConfig {
     /// one-frame-per-syscall path (`vxnetd --offload off`).
     pub offload: bool,
     /// How long a worker keeps polling (yielding the CPU between polls) after its last packet
-    /// before it sleeps; zero: sleep at once. See [`BusyPoll`].
+    /// before it sleeps; zero: sleep at once. See [`BusyPoll`](super::BusyPoll).
     pub busy_poll: Duration,
 }
 
@@ -108,99 +116,6 @@ impl Default for DataPlaneConfig {
     }
 }
 
-/// Default [`DataPlaneConfig::busy_poll`]: longer than one overlay round trip on one machine
-/// (~60-100 µs), so a request's reply finds the worker awake.
-pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
-
-/// Whether a worker keeps polling instead of sleeping (no clock inside: `now` is the time since
-/// the worker started).
-///
-/// A sleeping worker costs a wakeup per packet: an IPI, a context switch and, on a VM, waking an
-/// idle vCPU, tens of µs each, four times per overlay round trip. After handling events the worker
-/// keeps polling for `window` (non-blocking `epoll_wait`, `sched_yield` between polls so any
-/// runnable thread goes first), so a reply arriving within the window finds it awake. Polling is
-/// capped at [`BUSY_POLL_BUDGET`] of each [`BUSY_POLL_PERIOD`] (80%): steady traffic at a few
-/// thousand packets per second cannot make a worker spin a whole core, and the yield means any
-/// other runnable thread (the containers' own) runs before the next poll.
-///
-/// Polling pays for sparse, latency-bound traffic only. A bulk stream's wakes carry whole batches
-/// (a 64 KiB super-frame is ~45 packets), so the wake's cost is spread over them, and the next
-/// batch wakes the worker soon anyway; polling then only turns idle time into busy time. So the
-/// worker polls only while its recent wakes averaged fewer than [`BUSY_POLL_BULK_PACKETS`]
-/// packets (an exponential average over about 8 wakes).
-#[derive(Debug)]
-pub struct BusyPoll {
-    window: Duration,
-    last_work: Option<Duration>,
-    period_start: Duration,
-    spent: Duration,
-    /// When the poll before this one happened, while spinning.
-    last_poll: Option<Duration>,
-    /// Average packets per wake, in 1/16ths (fixed point: no float on the hot path).
-    packets_per_wake_x16: u32,
-}
-
-/// Wakes that average this many packets or more are bulk traffic: no polling after them.
-pub const BUSY_POLL_BULK_PACKETS: u32 = 8;
-
-/// Length of one busy-poll accounting period.
-pub const BUSY_POLL_PERIOD: Duration = Duration::from_millis(10);
-/// Most polling time per [`BUSY_POLL_PERIOD`].
-pub const BUSY_POLL_BUDGET: Duration = Duration::from_millis(8);
-
-impl BusyPoll {
-    /// Polls for up to `window` after each piece of work; zero never polls.
-    pub fn new(window: Duration) -> Self {
-        BusyPoll {
-            window,
-            last_work: None,
-            period_start: Duration::ZERO,
-            spent: Duration::ZERO,
-            last_poll: None,
-            packets_per_wake_x16: 0,
-        }
-    }
-
-    /// The worker handled events at `now`, moving `packets` packets (frames read, datagrams
-    /// received).
-    pub fn worked(&mut self, now: Duration, packets: u32) {
-        self.account(now);
-        self.last_poll = None;
-        self.last_work = Some(now);
-        // avg += (sample - avg) / 8, in 1/16ths; a sample is capped so one burst cannot pin it.
-        let sample = packets.min(4 * BUSY_POLL_BULK_PACKETS) * 16;
-        let avg = self.packets_per_wake_x16;
-        self.packets_per_wake_x16 = avg - avg / 8 + sample / 8;
-    }
-
-    /// Whether to poll once more (true) or sleep (false) at `now`.
-    pub fn keep_polling(&mut self, now: Duration) -> bool {
-        self.account(now);
-        let Some(last_work) = self.last_work else {
-            return false;
-        };
-        let poll = now.saturating_sub(last_work) < self.window
-            && self.spent < BUSY_POLL_BUDGET
-            && self.packets_per_wake_x16 < BUSY_POLL_BULK_PACKETS * 16;
-        self.last_poll = poll.then_some(now);
-        poll
-    }
-
-    /// Time spent polling so far in the current period.
-    pub fn spent(&self) -> Duration {
-        self.spent
-    }
-
-    fn account(&mut self, now: Duration) {
-        if now.saturating_sub(self.period_start) >= BUSY_POLL_PERIOD {
-            self.period_start = now;
-            self.spent = Duration::ZERO;
-        } else if let Some(last) = self.last_poll {
-            self.spent += now.saturating_sub(last);
-        }
-    }
-}
-
 /// The queues of one network's TAP, one per worker.
 #[derive(Debug)]
 struct NetworkTaps {
@@ -208,56 +123,6 @@ struct NetworkTaps {
 }
 
 type TapTable = HashMap<Vni, Arc<NetworkTaps>>;
-
-/// An epoll instance.
-#[derive(Debug)]
-struct Epoll(OwnedFd);
-
-impl Epoll {
-    fn new() -> Result<Self> {
-        // SAFETY: epoll_create1 takes a flag and returns a new fd or -1.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(IoError::last_os("epoll_create1"));
-        }
-        // SAFETY: fd is a freshly created descriptor that nothing else owns.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn add(&self, fd: RawFd, token: u64) -> Result<()> {
-        let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: both fds are open; `event` lives on our stack for the duration of the call.
-        if unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
-            return Err(IoError::last_os(format!("epoll_ctl add fd {fd}")));
-        }
-        Ok(())
-    }
-
-    fn delete(&self, fd: RawFd) {
-        // SAFETY: EPOLL_CTL_DEL ignores the event pointer; a stale fd only yields an error,
-        // which is fine: closing an fd removes it from the interest list anyway.
-        unsafe {
-            libc::epoll_ctl(
-                self.0.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            );
-        }
-    }
-
-    fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> usize {
-        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        let max = i32::try_from(events.len()).unwrap_or(i32::MAX);
-        // SAFETY: `events` is a valid, writable array of `max` entries.
-        let n =
-            unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
-        usize::try_from(n).unwrap_or(0) // EINTR or another error: treat as a timeout
-    }
-}
 
 /// The running data plane.
 #[derive(Debug)]
@@ -306,6 +171,7 @@ impl DataPlane {
                 capture: Arc::clone(&capture),
                 offload: config.offload,
                 busy_poll: config.busy_poll,
+                faults: RefCell::new(FaultLog::new(index)),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vxnet-dp{index}"))
@@ -418,6 +284,9 @@ struct Worker {
     /// TAPs with vnet header and TSO; segmentation and coalescing on.
     offload: bool,
     busy_poll: Duration,
+    /// Failed calls: counted, and logged at most once a minute per kind. Only this worker's
+    /// thread touches it.
+    faults: RefCell<FaultLog>,
 }
 
 /// The worker's reusable buffers: allocated once, never per packet.
@@ -438,6 +307,18 @@ struct OffloadBuffers {
     vnet: [u8; VNET_HDR_LEN],
     segments: SegmentBatch,
     coalescer: Coalescer,
+}
+
+/// What every frame of one burst from a TAP queue shares: the router, the forwarding-table
+/// snapshot taken for the burst, the queue (answers such as ICMP "too big" go back into it), the
+/// network, the time, and the datagrams waiting to leave.
+struct Burst<'a> {
+    router: &'a mut Router,
+    fib: &'a FibSnapshot,
+    tap: &'a Tap,
+    vni: Vni,
+    now: Duration,
+    pending: &'a mut GsoBatcher<TxKey>,
 }
 
 /// A datagram's destination VTEP and the index of its send socket in the pool.
@@ -469,16 +350,20 @@ impl Worker {
         let epoch = Instant::now();
         let mut busy = BusyPoll::new(self.busy_poll);
         while !self.stop.load(Ordering::Relaxed) {
-            let ready = if busy.keep_polling(epoch.elapsed()) {
-                match self.epoll.wait(&mut events, Duration::ZERO) {
-                    0 => {
-                        std::thread::yield_now();
-                        continue;
-                    }
-                    n => n,
+            let polling = busy.keep_polling(epoch.elapsed());
+            let timeout = if polling { Duration::ZERO } else { IDLE_WAKE };
+            let ready = match self.epoll.wait(&mut events, timeout) {
+                Ok(0) if polling => {
+                    std::thread::yield_now();
+                    continue;
                 }
-            } else {
-                self.epoll.wait(&mut events, IDLE_WAKE)
+                Ok(n) => n,
+                Err(e) => {
+                    self.fault(IoFault::EpollWait, &e);
+                    // Not a busy loop if the failure persists; the stop flag is still seen.
+                    std::thread::sleep(IDLE_WAKE);
+                    continue;
+                }
             };
             let mut packets = 0;
             for event in &events[..ready] {
@@ -487,17 +372,49 @@ impl Worker {
                     packets += self.ingress(&mut router, &mut bufs);
                 } else if token & TAP_TOKEN != 0 {
                     let vni = (token & 0xFFFF_FFFF) as Vni;
-                    packets += if bufs.offload.is_some() {
-                        self.egress_offload(&mut router, &mut bufs, vni, epoch.elapsed())
-                    } else {
-                        self.egress(&mut router, &mut bufs, vni, epoch.elapsed())
-                    };
+                    packets += self.egress(&mut router, &mut bufs, vni, epoch.elapsed());
                 }
             }
             if ready > 0 {
                 busy.worked(epoch.elapsed(), packets);
             }
         }
+    }
+
+    /// Counts and (rate-limited) logs a failed call.
+    fn fault(&self, fault: IoFault, err: &std::io::Error) {
+        self.faults
+            .borrow_mut()
+            .report(&self.stats, fault, err, Instant::now());
+    }
+
+    /// Sorts a failed TAP read or underlay receive: `WouldBlock` is the queue drained; anything
+    /// else is a fault. Either way the caller stops reading that fd for now.
+    fn read_failed(&self, fault: IoFault, err: &std::io::Error) {
+        if !is_would_block(err) {
+            self.fault(fault, err);
+        }
+    }
+
+    /// Counts `count` packets a failed send lost: a full socket is `udp_send_busy`, anything
+    /// else `udp_send_error` and a fault.
+    fn send_failed(&self, err: &std::io::Error, count: u64) {
+        if is_send_busy(err) {
+            self.stats.count_drops(DropReason::UdpSendBusy, count);
+        } else {
+            self.stats.count_drops(DropReason::UdpSendError, count);
+            self.fault(IoFault::UdpSend, err);
+        }
+    }
+
+    /// Writes `iov` to a TAP queue; counts `frames` as dropped if it fails. Returns the error.
+    fn tap_write(&self, tap: &Tap, iov: &[IoSlice<'_>], frames: u64) -> Option<std::io::Error> {
+        let err = tap.writev(iov).err()?;
+        self.stats.count_drops(DropReason::TapWriteError, frames);
+        if !is_would_block(&err) {
+            self.fault(IoFault::TapWrite, &err);
+        }
+        Some(err)
     }
 
     /// Drains the receive socket: decapsulates and writes inner frames to the TAPs. Returns the
@@ -511,7 +428,10 @@ impl Worker {
                 .recv_batch(&mut bufs.batch, &mut bufs.rx, &mut bufs.metas)
             {
                 Ok(n) => n,
-                Err(_) => return datagrams, // WouldBlock (drained) or a transient error (ICMP)
+                Err(e) => {
+                    self.read_failed(IoFault::UdpRecv, &e);
+                    return datagrams;
+                }
             };
             let fib = self.fib.load();
             let taps = self.taps.load();
@@ -528,7 +448,7 @@ impl Worker {
             };
             for (index, (buf, meta)) in rx.iter().zip(&bufs.metas[..received]).enumerate() {
                 if meta.truncated {
-                    self.stats.count_drop(DropReason::MalformedInner);
+                    self.stats.count_drop(DropReason::TruncatedDatagram);
                     continue;
                 }
                 let stride = meta.stride.max(1);
@@ -541,26 +461,31 @@ impl Worker {
                 let mut memo = IngressMemo::default();
                 datagrams += meta.len.div_ceil(stride).max(1) as u32;
                 for datagram in empty.into_iter().chain(data.chunks(stride)) {
+                    let IngressAction::Deliver { vni, frame } =
+                        router.ingress_with(&fib, meta.src.ip(), datagram, &mut memo)
+                    else {
+                        continue;
+                    };
+                    if self.capture.is_active() {
+                        self.capture.mirror(vni, Direction::Ingress, frame);
+                    }
                     match coalescer.as_deref_mut() {
                         Some(coalescer) => {
-                            if let IngressAction::Deliver { vni, frame } =
-                                router.ingress_with(&fib, meta.src.ip(), datagram, &mut memo)
-                            {
-                                if self.capture.is_active() {
-                                    self.capture.mirror(vni, Direction::Ingress, frame);
-                                }
-                                // The frame is a slice of `buf`: its offset in it.
-                                let offset = frame.as_ptr() as usize - buf.as_ptr() as usize;
-                                let at = Origin {
-                                    buf: index as u32,
-                                    offset: offset as u32,
-                                };
-                                coalescer.push(vni, frame, at, &mut emit);
+                            // The frame is a slice of `buf`: its offset in it.
+                            let offset = frame.as_ptr() as usize - buf.as_ptr() as usize;
+                            let at = Origin {
+                                buf: index as u32,
+                                offset: offset as u32,
+                            };
+                            coalescer.push(vni, frame, at, &mut emit);
+                        }
+                        None => match taps.get(&vni).and_then(|t| t.queues.get(self.index)) {
+                            Some(tap) => {
+                                self.tap_write(tap, &[IoSlice::new(frame)], 1);
                             }
-                        }
-                        None => {
-                            self.deliver(router, &fib, &taps, meta.src.ip(), datagram, &mut memo)
-                        }
+                            // The network is being torn down on this host.
+                            None => self.stats.count_drop(DropReason::UnknownNetwork),
+                        },
                     }
                 }
             }
@@ -579,60 +504,53 @@ impl Worker {
         datagrams
     }
 
-    fn deliver<'a>(
-        &self,
-        router: &mut Router,
-        fib: &'a FibSnapshot,
-        taps: &TapTable,
-        src: IpAddr,
-        datagram: &'a [u8],
-        memo: &mut IngressMemo<'a>,
-    ) {
-        if let IngressAction::Deliver { vni, frame } = router.ingress_with(fib, src, datagram, memo)
-        {
-            if self.capture.is_active() {
-                self.capture.mirror(vni, Direction::Ingress, frame);
-            }
-            let queue = taps.get(&vni).and_then(|t| t.queues.get(self.index));
-            match queue {
-                Some(tap) => {
-                    if tap.write(frame).is_err() {
-                        self.stats.count_drop(DropReason::TapWriteError);
-                    }
-                }
-                // The network is being torn down on this host.
-                None => self.stats.count_drop(DropReason::UnknownNetwork),
-            }
-        }
-    }
-
     /// Reads a burst of frames from network `vni`'s TAP queue and sends them on. Returns the
-    /// number of frames read.
+    /// number of frames read, a super-frame counting as its segments.
     fn egress(&self, router: &mut Router, bufs: &mut Buffers, vni: Vni, now: Duration) -> u32 {
         let taps = self.taps.load();
         let Some(tap) = taps.get(&vni).and_then(|t| t.queues.get(self.index)) else {
             return 0;
         };
         let fib = self.fib.load();
+        let Buffers {
+            tx,
+            pending,
+            offload,
+            ..
+        } = bufs;
+        let mut burst = Burst {
+            router,
+            fib: &fib,
+            tap,
+            vni,
+            now,
+            pending,
+        };
+        let frames = match offload {
+            Some(off) => self.egress_offload(&mut burst, tx, off),
+            None => self.egress_plain(&mut burst, tx),
+        };
+        self.flush_pending(burst.pending);
+        frames
+    }
+
+    /// [`Worker::egress`] for a TAP without vnet header: one frame per `read`.
+    fn egress_plain(&self, burst: &mut Burst<'_>, tx: &mut [u8]) -> u32 {
         let mut frames = 0;
         for _ in 0..TAP_BURST {
-            let len = match tap.read(&mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + MAX_PACKET]) {
+            let len = match burst
+                .tap
+                .read(&mut tx[EGRESS_HEADROOM..EGRESS_HEADROOM + MAX_PACKET])
+            {
                 Ok(len) => len,
-                Err(_) => break, // WouldBlock: drained
+                Err(e) => {
+                    self.read_failed(IoFault::TapRead, &e);
+                    break;
+                }
             };
             frames += 1;
-            self.route_frame(
-                router,
-                &fib,
-                tap,
-                &mut bufs.tx,
-                &mut bufs.pending,
-                vni,
-                len,
-                now,
-            );
+            self.route_frame(burst, tx, len);
         }
-        self.flush_pending(&mut bufs.pending);
         frames
     }
 
@@ -654,13 +572,8 @@ impl Worker {
             *slot = IoSlice::new(span.resolve(rx));
         }
         let pieces = 2 + out.tail.len().min(offload::MAX_TAIL_SEGMENTS);
-        match tap.writev(&iov[..pieces]) {
-            Ok(_) => false,
-            Err(e) => {
-                self.stats.count_drops(DropReason::TapWriteError, segments);
-                e.raw_os_error() == Some(libc::EINVAL)
-            }
-        }
+        self.tap_write(tap, &iov[..pieces], segments)
+            .is_some_and(|e| e.raw_os_error() == Some(libc::EINVAL))
     }
 
     /// Writes a locally built answer to a TAP that has a vnet header (all zero: no offload).
@@ -669,40 +582,31 @@ impl Worker {
             self.capture.mirror(vni, Direction::Ingress, frame);
         }
         // A TAP with a vnet header expects one in front of every frame (zero: no offload).
-        let written = if tap.options().vnet_hdr {
-            tap.write_vnet(&[0; VNET_HDR_LEN], frame)
+        if tap.options().vnet_hdr {
+            let vnet = [0; VNET_HDR_LEN];
+            self.tap_write(tap, &[IoSlice::new(&vnet), IoSlice::new(frame)], 1);
         } else {
-            tap.write(frame)
-        };
-        if written.is_err() {
-            self.stats.count_drop(DropReason::TapWriteError);
+            self.tap_write(tap, &[IoSlice::new(frame)], 1);
         }
     }
 
     /// [`Worker::egress`] for a TAP with vnet header and TSO: super-frames are segmented and
-    /// sent with UDP GSO, partial checksums completed. Returns the number of frames read, a
-    /// super-frame counting as its segments.
+    /// sent with UDP GSO, partial checksums completed.
     fn egress_offload(
         &self,
-        router: &mut Router,
-        bufs: &mut Buffers,
-        vni: Vni,
-        now: Duration,
+        burst: &mut Burst<'_>,
+        tx: &mut [u8],
+        off: &mut OffloadBuffers,
     ) -> u32 {
-        let taps = self.taps.load();
-        let Some(tap) = taps.get(&vni).and_then(|t| t.queues.get(self.index)) else {
-            return 0;
-        };
-        let Some(off) = bufs.offload.as_mut() else {
-            return 0;
-        };
-        let fib = self.fib.load();
         let mut frames = 0;
         for _ in 0..TAP_BURST {
-            let frame_buf = &mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + TAP_READ_MAX];
-            let len = match tap.read_vnet(&mut off.vnet, frame_buf) {
+            let frame_buf = &mut tx[EGRESS_HEADROOM..EGRESS_HEADROOM + TAP_READ_MAX];
+            let len = match burst.tap.read_vnet(&mut off.vnet, frame_buf) {
                 Ok(len) => len,
-                Err(_) => break, // WouldBlock: drained
+                Err(e) => {
+                    self.read_failed(IoFault::TapRead, &e);
+                    break;
+                }
             };
             if len >= TAP_READ_MAX {
                 // Cannot happen with a 64 KiB GSO limit; never send a truncated frame.
@@ -713,73 +617,52 @@ impl Worker {
                 .unwrap_or_default();
             frames += 1;
             if vnet.gso_type == gso_type::NONE {
-                let frame = &mut bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
+                let frame = &mut tx[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
                 if offload::complete_checksum(&vnet, frame).is_err() {
                     self.stats.count_drop(DropReason::BadGso);
                     continue;
                 }
-                self.route_frame(
-                    router,
-                    &fib,
-                    tap,
-                    &mut bufs.tx,
-                    &mut bufs.pending,
-                    vni,
-                    len,
-                    now,
-                );
+                self.route_frame(burst, tx, len);
             } else {
-                let frame = &bufs.tx[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
+                let frame = &tx[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
                 match offload::segment_tcp(&vnet, frame, &mut off.segments) {
                     Ok(()) => {
                         frames += off.segments.len().saturating_sub(1) as u32;
                         // Frames read before this super-frame leave before it (a flow's SYN or
                         // small segments must not be overtaken).
-                        self.flush_pending(&mut bufs.pending);
-                        let segments = &mut off.segments;
-                        self.route_segments(router, &fib, tap, segments, frame, vni, now);
+                        self.flush_pending(burst.pending);
+                        self.route_segments(burst, &mut off.segments, frame);
                     }
                     Err(_) => self.stats.count_drop(DropReason::BadGso),
                 }
             }
         }
-        self.flush_pending(&mut bufs.pending);
         frames
     }
 
     /// Routes one ordinary (not segmented) frame at `buf[EGRESS_HEADROOM..][..len]`.
-    #[allow(clippy::too_many_arguments)]
-    fn route_frame(
-        &self,
-        router: &mut Router,
-        fib: &FibSnapshot,
-        tap: &Tap,
-        buf: &mut [u8],
-        pending: &mut GsoBatcher<TxKey>,
-        vni: Vni,
-        len: usize,
-        now: Duration,
-    ) {
+    fn route_frame(&self, burst: &mut Burst<'_>, buf: &mut [u8], len: usize) {
+        let vni = burst.vni;
         if self.capture.is_active() {
             let frame = &buf[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
             self.capture.mirror(vni, Direction::Egress, frame);
         }
-        match router.egress(fib, vni, buf, len, now) {
+        match burst.router.egress(burst.fib, vni, buf, len, burst.now) {
             EgressAction::Unicast {
                 vtep,
                 packet,
                 flow_hash,
-            } => self.queue(pending, packet, vtep, flow_hash),
+            } => self.queue(burst.pending, packet, vtep, flow_hash),
             EgressAction::Flood {
                 vteps,
                 packet,
                 flow_hash,
             } => {
                 for &vtep in vteps {
-                    self.queue(pending, packet, vtep, flow_hash);
+                    self.queue(burst.pending, packet, vtep, flow_hash);
                 }
             }
-            EgressAction::Reply { frame } => self.write_reply(tap, vni, frame),
+            EgressAction::Reply { frame } => self.write_reply(burst.tap, vni, frame),
             EgressAction::Local | EgressAction::Drop(_) => {}
         }
     }
@@ -788,20 +671,11 @@ impl Worker {
     /// decision holds for all of them (same headers but for lengths, sequence numbers and
     /// checksums; none larger than the first). Drops count once per segment; so do the network's
     /// tx counters.
-    #[allow(clippy::too_many_arguments)]
-    fn route_segments(
-        &self,
-        router: &mut Router,
-        fib: &FibSnapshot,
-        tap: &Tap,
-        segments: &mut SegmentBatch,
-        frame: &[u8],
-        vni: Vni,
-        now: Duration,
-    ) {
+    fn route_segments(&self, burst: &mut Burst<'_>, segments: &mut SegmentBatch, frame: &[u8]) {
         if segments.is_empty() {
             return;
         }
+        let vni = burst.vni;
         let rest = segments.len() as u64 - 1;
         if self.capture.is_active() {
             for i in 0..segments.len() {
@@ -810,27 +684,30 @@ impl Worker {
             }
         }
         let first_len = segments.first_len();
-        let (target, flow_hash) =
-            match router.egress(fib, vni, segments.first_mut(), first_len, now) {
-                EgressAction::Unicast {
-                    vtep, flow_hash, ..
-                } => (SegmentTarget::Unicast(vtep), flow_hash),
-                EgressAction::Flood { flow_hash, .. } => (SegmentTarget::Flood, flow_hash),
-                EgressAction::Reply { frame } => {
-                    // A TCP segment is only ever answered with ICMP "fragmentation needed" (the
-                    // router counted the first segment as too big): the others go with it.
-                    self.write_reply(tap, vni, frame);
-                    self.stats.count_drops(DropReason::TooBig, rest);
-                    return;
-                }
-                EgressAction::Local => return,
-                EgressAction::Drop(reason) => {
-                    self.stats.count_drops(reason, rest);
-                    return;
-                }
-            };
+        let decision =
+            burst
+                .router
+                .egress(burst.fib, vni, segments.first_mut(), first_len, burst.now);
+        let (target, flow_hash) = match decision {
+            EgressAction::Unicast {
+                vtep, flow_hash, ..
+            } => (SegmentTarget::Unicast(vtep), flow_hash),
+            EgressAction::Flood { flow_hash, .. } => (SegmentTarget::Flood, flow_hash),
+            EgressAction::Reply { frame } => {
+                // A TCP segment is only ever answered with ICMP "fragmentation needed" (the
+                // router counted the first segment as too big): the others go with it.
+                self.write_reply(burst.tap, vni, frame);
+                self.stats.count_drops(DropReason::TooBig, rest);
+                return;
+            }
+            EgressAction::Local => return,
+            EgressAction::Drop(reason) => {
+                self.stats.count_drops(reason, rest);
+                return;
+            }
+        };
         segments.replicate_headroom();
-        let table = fib.network(vni);
+        let table = burst.fib.network(vni);
         if let Some(table) = table {
             // The router counted the first segment.
             let bytes = (segments.frames_len() - first_len) as u64;
@@ -852,19 +729,24 @@ impl Worker {
     fn send_segments(&self, segments: &SegmentBatch, frame: &[u8], vtep: IpAddr, flow_hash: u32) {
         let (vtep, socket) = self.tx_key(vtep, flow_hash);
         let total = segments.len();
-        let sent = match self.pool.sockets().get(socket) {
-            Some(socket) => socket
-                .send_gso_parts(
-                    SocketAddr::new(vtep, self.port),
-                    total,
-                    segments.stride(),
-                    |i| segments.segment(frame, i),
-                )
-                .unwrap_or(0),
-            None => 0,
+        let Some(socket) = self.pool.sockets().get(socket) else {
+            self.stats
+                .count_drops(DropReason::UdpSendError, total as u64);
+            return;
         };
-        self.stats
-            .count_drops(DropReason::UdpSendError, (total - sent.min(total)) as u64);
+        let sent = socket.send_gso_parts(
+            SocketAddr::new(vtep, self.port),
+            total,
+            segments.stride(),
+            |i| segments.segment(frame, i),
+        );
+        match sent {
+            // A send that stopped part way keeps its error to itself: the rest counts as failed.
+            Ok(sent) => self
+                .stats
+                .count_drops(DropReason::UdpSendError, (total - sent.min(total)) as u64),
+            Err(e) => self.send_failed(&e, total as u64),
+        }
     }
 
     /// Queues one routed datagram for `vtep`; it leaves with the next flush of `pending`.
@@ -888,9 +770,9 @@ impl Worker {
     /// datagrams the kernel did not take.
     fn send_run(&self, run: GsoRun<'_, TxKey>) {
         let (vtep, socket) = *run.key;
+        let total = run.count as u64;
         let Some(socket) = self.pool.sockets().get(socket) else {
-            self.stats
-                .count_drops(DropReason::UdpSendError, run.count as u64);
+            self.stats.count_drops(DropReason::UdpSendError, total);
             return;
         };
         let dst = SocketAddr::new(vtep, self.port);
@@ -899,97 +781,14 @@ impl Worker {
         } else {
             socket.send_gso(dst, run.bytes, run.stride)
         };
-        let total = run.count as u64;
-        let lost = match sent {
-            Ok(n) if n >= run.bytes.len() => 0,
+        match sent {
+            Ok(n) if n >= run.bytes.len() => {}
             // send_gso stops at a whole number of segments.
-            Ok(n) => total - (n / run.stride.max(1)) as u64,
-            Err(_) => total,
-        };
-        self.stats.count_drops(DropReason::UdpSendError, lost);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const US: Duration = Duration::from_micros(1);
-
-    #[test]
-    fn busy_poll_polls_within_the_window_after_work_only() {
-        let mut b = BusyPoll::new(100 * US);
-        assert!(!b.keep_polling(Duration::ZERO), "no work yet: sleep");
-        b.worked(1000 * US, 1);
-        assert!(b.keep_polling(1010 * US));
-        assert!(b.keep_polling(1099 * US));
-        assert!(!b.keep_polling(1100 * US), "window over");
-        b.worked(1200 * US, 1);
-        assert!(b.keep_polling(1250 * US));
-    }
-
-    #[test]
-    fn zero_window_never_polls() {
-        let mut b = BusyPoll::new(Duration::ZERO);
-        b.worked(5 * US, 1);
-        assert!(!b.keep_polling(5 * US));
-    }
-
-    #[test]
-    fn polling_is_capped_per_period_and_the_budget_comes_back() {
-        let mut b = BusyPoll::new(Duration::from_secs(1));
-        b.worked(Duration::ZERO, 1);
-        let mut now = Duration::ZERO;
-        let mut polled = Duration::ZERO;
-        // Poll every µs until refused: the cap stops it within the first period.
-        while b.keep_polling(now) {
-            now += US;
-            polled += US;
-            assert!(polled <= BUSY_POLL_PERIOD, "never refused");
-        }
-        assert!(
-            polled >= BUSY_POLL_BUDGET && polled <= BUSY_POLL_BUDGET + 2 * US,
-            "{polled:?}"
-        );
-        // Work in the next period: polling is allowed again.
-        b.worked(BUSY_POLL_PERIOD + US, 1);
-        assert!(b.keep_polling(BUSY_POLL_PERIOD + 2 * US));
-    }
-
-    #[test]
-    fn time_between_work_and_polls_is_not_charged() {
-        let mut b = BusyPoll::new(100 * US);
-        b.worked(Duration::ZERO, 1);
-        assert!(b.keep_polling(10 * US));
-        b.worked(50 * US, 1); // 40 µs of polling
-        assert!(b.keep_polling(60 * US)); // handling work (50..60) is not polling
-        assert_eq!(b.spent(), 40 * US);
-    }
-
-    #[test]
-    fn bulk_wakes_stop_polling_and_sparse_ones_bring_it_back() {
-        let mut b = BusyPoll::new(100 * US);
-        let mut now = Duration::ZERO;
-        // A stream: every wake moves a super-frame's worth of packets.
-        for _ in 0..8 {
-            now += 200 * US;
-            b.worked(now, 45);
-        }
-        assert!(
-            !b.keep_polling(now + US),
-            "bulk traffic: sleep between batches"
-        );
-        // One sparse wake does not flip it at once...
-        now += 200 * US;
-        b.worked(now, 1);
-        assert!(!b.keep_polling(now + US));
-        // ...request/response traffic does, within a few dozen wakes.
-        let mut wakes = 1;
-        while !b.keep_polling(now + US) {
-            now += 200 * US;
-            b.worked(now, 1);
-            wakes += 1;
-            assert!(wakes < 40, "never polls again");
+            Ok(n) => self.stats.count_drops(
+                DropReason::UdpSendError,
+                total - (n / run.stride.max(1)) as u64,
+            ),
+            Err(e) => self.send_failed(&e, total),
         }
     }
 }

@@ -16,6 +16,8 @@
 //! No I/O, no clock, no allocation, no `unsafe`: this module is the parser of
 //! untrusted bytes and is fuzzed (see `dataplane/fuzz`).
 
+#![forbid(unsafe_code)]
+
 use core::ops::{Range, RangeFrom};
 
 pub mod arp;

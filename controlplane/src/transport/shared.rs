@@ -1,0 +1,222 @@
+//! State shared by the [`Transport`](super::Transport) handle and all its tasks: identity,
+//! counters, per-peer reachability, and the hand-off of received messages to the agent.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use raft::eraftpb::Message;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tracing::warn;
+use vxnet_proto::PeerEnvelope;
+use vxnet_proto::peer_envelope::Body;
+
+use super::handshake::Identity;
+use super::peer::PeerEntry;
+use super::wire::encode_frame;
+use super::{
+    INBOUND_WAIT, Inbound, LOG_INTERVAL_MS, REQUEST_WAIT, TransportError, UNREACHABLE_INTERVAL_MS,
+};
+use crate::node::{decode_raft_message, encode_raft_message};
+
+/// The live counters behind [`TransportStats`](super::TransportStats).
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) raft_sent: AtomicU64,
+    pub(super) raft_send_dropped: AtomicU64,
+    pub(super) raft_delivered: AtomicU64,
+    pub(super) bad_raft_payloads: AtomicU64,
+    pub(super) misaddressed: AtomicU64,
+    pub(super) inbound_dropped: AtomicU64,
+    pub(super) handshakes_refused: AtomicU64,
+    pub(super) connections_closed_bad_input: AtomicU64,
+    pub(super) unreachable_reported: AtomicU64,
+}
+
+pub(super) fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Reachability bookkeeping of one peer node.
+#[derive(Default)]
+pub(super) struct Reach {
+    /// Our writer holds a connection whose last write succeeded.
+    pub(super) write_ok: AtomicBool,
+    /// Authenticated inbound connections from that node currently open.
+    pub(super) inbound_conns: AtomicUsize,
+    /// Time (`Core::now_ms`) a frame last arrived from it; 0 = never.
+    pub(super) last_recv_ms: AtomicU64,
+    /// Time the last `Unreachable` for it was emitted; 0 = never.
+    pub(super) last_unreachable_ms: AtomicU64,
+}
+
+/// State shared by the handle and all tasks.
+pub(super) struct Core {
+    pub(super) local_addr: SocketAddr,
+    pub(super) host_name: String,
+    pub(super) token: Vec<u8>,
+    pub(super) queue_len: usize,
+    pub(super) node_id: AtomicU64,
+    pub(super) cluster_id: AtomicU64,
+    pub(super) peers: Mutex<HashMap<u64, PeerEntry>>,
+    pub(super) reach: Mutex<HashMap<u64, Arc<Reach>>>,
+    pub(super) inbound: mpsc::Sender<Inbound>,
+    /// Never written; closes (changed() errors) when the last `Transport` handle is dropped.
+    pub(super) shutdown: watch::Receiver<()>,
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) epoch: Instant,
+    pub(super) counters: Counters,
+    /// Per remote IP: when we last logged a refusal or garbage from it.
+    pub(super) log_times: Mutex<HashMap<IpAddr, u64>>,
+    pub(super) inbound_full_logged_ms: AtomicU64,
+    pub(super) conn_slots: Arc<Semaphore>,
+    /// Inbound connections still in their handshake, oldest first; dropping a sender tells that
+    /// connection to go. Silent strangers can thus not hold every slot and lock peers out for
+    /// the length of a handshake timeout, again and again: a newcomer takes the oldest's slot.
+    pub(super) handshaking: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+    pub(super) next_conn: AtomicU64,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing is left half-updated under these locks, so a poisoned one is still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Core {
+    pub(super) fn node_id(&self) -> u64 {
+        self.node_id.load(Ordering::Acquire)
+    }
+
+    pub(super) fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Acquire)
+    }
+
+    /// Who we are right now, for a handshake (the ids change once, when we join).
+    pub(super) fn identity(&self) -> Identity<'_> {
+        Identity {
+            token: &self.token,
+            host_name: &self.host_name,
+            node_id: self.node_id(),
+            cluster_id: self.cluster_id(),
+        }
+    }
+
+    /// Milliseconds since start, plus one so that 0 can mean "never".
+    pub(super) fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    pub(super) fn reach(&self, id: u64) -> Arc<Reach> {
+        lock(&self.reach).entry(id).or_default().clone()
+    }
+
+    /// Whether something about `ip` may be logged now (once per [`LOG_INTERVAL_MS`]).
+    pub(super) fn may_log(&self, ip: IpAddr) -> bool {
+        let now = self.now_ms();
+        let mut times = lock(&self.log_times);
+        if times.len() > 4096 {
+            // A scan from many addresses must not grow this map without bound.
+            times.retain(|_, t| now.saturating_sub(*t) < LOG_INTERVAL_MS);
+            if times.len() > 4096 {
+                times.clear();
+            }
+        }
+        match times.get(&ip) {
+            Some(t) if now.saturating_sub(*t) < LOG_INTERVAL_MS => false,
+            _ => {
+                times.insert(ip, now);
+                true
+            }
+        }
+    }
+
+    /// Emits `Inbound::Unreachable(id)`, at most once per [`UNREACHABLE_INTERVAL_MS`]; never blocks.
+    pub(super) fn report_unreachable(&self, id: u64) {
+        let reach = self.reach(id);
+        let now = self.now_ms();
+        let last = reach.last_unreachable_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < UNREACHABLE_INTERVAL_MS {
+            return;
+        }
+        // If the agent's channel is full the event is lost; the next drop reports again.
+        if self.inbound.try_send(Inbound::Unreachable(id)).is_ok() {
+            reach.last_unreachable_ms.store(now, Ordering::Relaxed);
+            bump(&self.counters.unreachable_reported, 1);
+        }
+    }
+
+    /// Appends one Raft message as a frame to `out`; false (and counted) if it cannot be encoded.
+    pub(super) fn encode_raft_frame(&self, msg: &Message, out: &mut Vec<u8>) -> bool {
+        let result = encode_raft_message(msg)
+            .map_err(|e| TransportError::Protocol(e.to_string()))
+            .and_then(|bytes| {
+                let env = PeerEnvelope {
+                    cluster_id: self.cluster_id(),
+                    from: self.node_id(),
+                    to: msg.to,
+                    body: Some(Body::RaftMessage(bytes)),
+                };
+                encode_frame(&env, out)
+            });
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                bump(&self.counters.raft_send_dropped, 1);
+                warn!(to = msg.to, msg_type = ?msg.msg_type, "dropping raft message: {e}");
+                false
+            }
+        }
+    }
+
+    /// Hands a received Raft payload to the agent (see [`INBOUND_WAIT`]).
+    pub(super) async fn deliver_raft(&self, bytes: &[u8], remote: SocketAddr) {
+        let msg = match decode_raft_message(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                bump(&self.counters.bad_raft_payloads, 1);
+                if self.may_log(remote.ip()) {
+                    warn!(%remote, "dropping undecodable raft message: {e}");
+                }
+                return;
+            }
+        };
+        if msg.to != self.node_id() {
+            bump(&self.counters.misaddressed, 1);
+            return;
+        }
+        let item = match self.inbound.try_send(Inbound::Raft(msg)) {
+            Ok(()) => {
+                bump(&self.counters.raft_delivered, 1);
+                return;
+            }
+            Err(TrySendError::Closed(_)) => return,
+            Err(TrySendError::Full(item)) => item,
+        };
+        match tokio::time::timeout(INBOUND_WAIT, self.inbound.send(item)).await {
+            Ok(Ok(())) => bump(&self.counters.raft_delivered, 1),
+            Ok(Err(_)) => {}
+            Err(_) => {
+                bump(&self.counters.inbound_dropped, 1);
+                let now = self.now_ms();
+                let last = self.inbound_full_logged_ms.load(Ordering::Relaxed);
+                if last == 0 || now.saturating_sub(last) >= 10_000 {
+                    self.inbound_full_logged_ms.store(now, Ordering::Relaxed);
+                    warn!("agent is not draining the transport channel: dropping raft messages");
+                }
+            }
+        }
+    }
+
+    /// Hands a join/forward request to the agent; false if it could not be queued in time.
+    pub(super) async fn push_request(&self, item: Inbound) -> bool {
+        matches!(
+            tokio::time::timeout(REQUEST_WAIT, self.inbound.send(item)).await,
+            Ok(Ok(()))
+        )
+    }
+}
