@@ -55,6 +55,9 @@ pub struct NodeConfig {
     pub max_voters: usize,
     /// Give up on a snapshot transfer that got no answer after this many ticks.
     pub snapshot_timeout_ticks: u64,
+    /// A member the leader has not heard from for this many ticks is down: a down voter is
+    /// replaced by a live, caught-up learner, and a down learner is not promoted.
+    pub member_down_ticks: u64,
     /// Storage tuning.
     pub storage: StorageOptions,
     /// Seed for election timeout randomisation (a fixed seed makes simulations replayable).
@@ -73,6 +76,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("compact_every", &self.compact_every)
             .field("max_voters", &self.max_voters)
             .field("snapshot_timeout_ticks", &self.snapshot_timeout_ticks)
+            .field("member_down_ticks", &self.member_down_ticks)
             .field("storage", &self.storage)
             .field("rng_seed", &self.rng_seed)
             .finish_non_exhaustive()
@@ -81,7 +85,8 @@ impl std::fmt::Debug for NodeConfig {
 
 impl NodeConfig {
     /// Defaults: 100 ms ticks, heartbeat every tick, election after ~1 s, compaction every 1000
-    /// entries, up to 5 voters, fsync on, raft logs forwarded to `tracing`.
+    /// entries, up to 5 voters, a voter silent for 10 s replaced, fsync on, raft logs forwarded
+    /// to `tracing`.
     pub fn new(data_dir: impl Into<PathBuf>) -> NodeConfig {
         NodeConfig {
             data_dir: data_dir.into(),
@@ -91,6 +96,7 @@ impl NodeConfig {
             compact_every: 1000,
             max_voters: 5,
             snapshot_timeout_ticks: 100,
+            member_down_ticks: 100,
             storage: StorageOptions::default(),
             rng_seed: 0x5eed_1234_abcd_ef01,
             logger: tracing_logger(),
@@ -195,6 +201,11 @@ pub struct Node {
     ticks: u64,
     snapshot_since: BTreeMap<u64, u64>,
     conf_proposed_at: Option<u64>,
+    /// Tick at which a message from each peer last arrived.
+    last_heard: BTreeMap<u64, u64>,
+    /// Tick at which this node last became leader: a member never heard from since counts as
+    /// heard then, so a new leader gives everyone a full `member_down_ticks`.
+    leader_since: Option<u64>,
     /// Messages produced while replaying in [`Node::open`], sent with the next Ready.
     pending_messages: Vec<Message>,
 }
@@ -373,6 +384,8 @@ impl Node {
             ticks: 0,
             snapshot_since: BTreeMap::new(),
             conf_proposed_at: None,
+            last_heard: BTreeMap::new(),
+            leader_since: None,
             pending_messages: Vec::new(),
             cfg,
         };
@@ -500,9 +513,11 @@ impl Node {
         self.raw.tick();
         self.fix_election_timeout();
         if self.is_leader() {
+            self.leader_since.get_or_insert(self.ticks);
             self.watch_snapshots();
             self.reconcile_membership();
         } else {
+            self.leader_since = None;
             self.snapshot_since.clear();
         }
     }
@@ -525,6 +540,9 @@ impl Node {
                 );
                 msg.commit = last;
             }
+        }
+        if msg.from != 0 {
+            self.last_heard.insert(msg.from, self.ticks);
         }
         let r = self.raw.step(msg);
         self.fix_election_timeout();
@@ -820,6 +838,7 @@ impl Node {
         let cs = self.conf_state();
         let progress: BTreeMap<u64, u64> =
             raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect();
+        let down = self.down_members(&cs);
         let view = MembershipView {
             self_id: self.id,
             voters: cs.voters.iter().copied().collect(),
@@ -829,6 +848,7 @@ impl Node {
             matched: progress,
             commit: raft.raft_log.committed,
             max_voters: self.cfg.max_voters,
+            down,
         };
         match plan_membership(&view) {
             None => {}
@@ -851,6 +871,26 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Members (other than this node) the leader has not heard from for
+    /// [`NodeConfig::member_down_ticks`]; empty on a follower.
+    pub fn down_members(&self, cs: &ConfState) -> BTreeSet<u64> {
+        let Some(since) = self.leader_since else {
+            return BTreeSet::new();
+        };
+        cs.voters
+            .iter()
+            .chain(&cs.learners)
+            .copied()
+            .filter(|&id| id != self.id)
+            .filter(|id| {
+                let heard = self.last_heard.get(id).copied().unwrap_or(0).max(since);
+                self.ticks.saturating_sub(heard) >= self.cfg.member_down_ticks
+            })
+            .collect()
+    }
+}
+
 /// What the membership policy looks at.
 #[derive(Debug, Clone, Default)]
 pub struct MembershipView {
@@ -870,6 +910,8 @@ pub struct MembershipView {
     pub commit: u64,
     /// Most voters to promote to.
     pub max_voters: usize,
+    /// Members the leader has not heard from for a while (see [`NodeConfig::member_down_ticks`]).
+    pub down: BTreeSet<u64>,
 }
 
 /// A membership change to make.
@@ -904,9 +946,12 @@ impl MembershipPlan {
 /// 2. members whose host was removed leave (a voter is replaced by a caught-up learner in the
 ///    same joint change so the voter count stays odd; the leader hands over leadership before
 ///    removing itself);
-/// 3. registered hosts outside the configuration join as learners, one at a time;
-/// 4. caught-up learners (matched ≥ commit) are promoted while voters < `max_voters`: one when
-///    the voter count is even, two at once (joint consensus) when it is odd — 1 → 3 → 5.
+/// 3. a down voter is demoted to learner and a live, caught-up learner promoted in its place, in
+///    one joint change (the voter count stays the same and odd; the demoted host stays a member
+///    and catches up as a learner when it comes back);
+/// 4. registered hosts outside the configuration join as learners, one at a time;
+/// 5. live, caught-up learners (matched ≥ commit) are promoted while voters < `max_voters`: one
+///    when the voter count is even, two at once (joint consensus) when it is odd — 1 → 3 → 5.
 pub fn plan_membership(v: &MembershipView) -> Option<MembershipPlan> {
     use ConfChangeType::{AddLearnerNode, AddNode, RemoveNode};
     if !v.voters_outgoing.is_empty() {
@@ -916,7 +961,7 @@ pub fn plan_membership(v: &MembershipView) -> Option<MembershipPlan> {
         .learners
         .iter()
         .copied()
-        .filter(|id| v.registered.contains(id))
+        .filter(|id| v.registered.contains(id) && !v.down.contains(id))
         .filter(|id| v.matched.get(id).is_some_and(|&m| m >= v.commit))
         .collect();
     if let Some(&gone) = v.learners.iter().find(|id| !v.registered.contains(id)) {
@@ -937,6 +982,15 @@ pub fn plan_membership(v: &MembershipView) -> Option<MembershipPlan> {
             changes.push((AddNode, l));
         }
         return Some(MembershipPlan::Change(changes));
+    }
+    if let (Some(&down), Some(&live)) = (
+        v.voters.iter().find(|id| v.down.contains(id)),
+        caught_up.first(),
+    ) {
+        return Some(MembershipPlan::Change(vec![
+            (AddLearnerNode, down),
+            (AddNode, live),
+        ]));
     }
     let members: BTreeSet<u64> = v.voters.union(&v.learners).copied().collect();
     if let Some(&new) = v.registered.iter().find(|id| !members.contains(id)) {
@@ -978,6 +1032,7 @@ mod tests {
             matched: matched.iter().copied().collect(),
             commit: 10,
             max_voters: 5,
+            down: BTreeSet::new(),
         }
     }
 
@@ -1055,6 +1110,42 @@ mod tests {
         assert_eq!(plan_membership(&v), Some(MembershipPlan::TransferLeader(3)));
         // Last voter: nothing to hand over to.
         let v = view(&[1], &[], &[], &[]);
+        assert_eq!(plan_membership(&v), None);
+    }
+
+    #[test]
+    fn a_down_voter_is_swapped_for_a_live_caught_up_learner() {
+        let all = [1, 2, 3, 4, 5, 6, 7];
+        let caught_up: Vec<(u64, u64)> = all.iter().map(|&id| (id, 10)).collect();
+        let mut v = view(&[1, 2, 3, 4, 5], &[6, 7], &all, &caught_up);
+        v.down = [3].into();
+        assert_eq!(
+            plan_membership(&v),
+            Some(MembershipPlan::Change(vec![
+                (AddLearnerNode, 3),
+                (AddNode, 6)
+            ]))
+        );
+        // A down learner is not the replacement.
+        v.down = [3, 6].into();
+        assert_eq!(
+            plan_membership(&v),
+            Some(MembershipPlan::Change(vec![
+                (AddLearnerNode, 3),
+                (AddNode, 7)
+            ]))
+        );
+        // Nobody live to promote: the down voter stays (demoting it alone would leave four
+        // voters, which tolerate no more failures than five with one down).
+        v.down = [3, 6, 7].into();
+        assert_eq!(plan_membership(&v), None);
+        // A lagging learner is no replacement either.
+        let mut v = view(&[1, 2, 3], &[4], &[1, 2, 3, 4], &[(1, 10), (2, 10), (4, 3)]);
+        v.down = [2].into();
+        assert_eq!(plan_membership(&v), None);
+        // Down learners are not promoted to grow the voter set.
+        let mut v = view(&[1], &[2, 3], &[1, 2, 3], &[(1, 10), (2, 10), (3, 10)]);
+        v.down = [3].into();
         assert_eq!(plan_membership(&v), None);
     }
 

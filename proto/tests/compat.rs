@@ -514,6 +514,16 @@ fn all_cases() -> Cases {
                 outcome: Some(forward_responses[1].1.clone()),
             }),
         ),
+        (
+            "reach_request",
+            peer_envelope::Body::ReachRequest(ReachRequest {}),
+        ),
+        (
+            "reach_response",
+            peer_envelope::Body::ReachResponse(ReachResponse {
+                reachable: vec![1, 2, u64::MAX],
+            }),
+        ),
     ];
     for (name, body) in bodies {
         c.add(

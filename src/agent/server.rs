@@ -8,7 +8,7 @@
 //! per limit, with a count. The caps and the eviction of stalled readers live in the `admission`
 //! module; this one reads, answers and refuses connections.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -440,7 +440,7 @@ async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
             agent.reconcile_once().await;
             from_submit(result)
         }
-        Req::ClusterMembers(_) => members(agent),
+        Req::ClusterMembers(_) => members(agent).await,
         Req::ClusterLeave(_) => {
             let name = agent.config.name.clone();
             let result = agent
@@ -557,9 +557,29 @@ fn networks(agent: &Agent, names: &[String]) -> ApiResponse {
     }
 }
 
-fn members(agent: &Agent) -> ApiResponse {
+/// How long `cluster members` waits for the leader's view of who is reachable.
+const REACH_WAIT: Duration = Duration::from_secs(1);
+
+async fn members(agent: &Agent) -> ApiResponse {
     let view = agent.driver.view();
     let roles: BTreeMap<u64, _> = view.members.iter().map(|m| (m.node_id, *m)).collect();
+    // A host connects only to the hosts it talks to (the leader; voters during elections),
+    // while the leader reaches every member: its view completes ours. Without an answer
+    // (no leader, an older leader, a partition) this host's own view stands.
+    let leader_addr = view
+        .leader_id
+        .filter(|&l| l != view.node_id)
+        .and_then(|l| view.state.hosts().find(|h| h.node_id == l))
+        .map(|h| h.peer_addr.clone());
+    let via_leader: BTreeSet<u64> = match leader_addr {
+        Some(addr) => agent
+            .transport
+            .reachable_via(&addr, REACH_WAIT)
+            .await
+            .map(|ids| ids.into_iter().collect())
+            .unwrap_or_default(),
+        None => BTreeSet::new(),
+    };
     let members = view
         .state
         .hosts()
@@ -570,8 +590,9 @@ fn members(agent: &Agent) -> ApiResponse {
                 Some(MemberRole::Learner) => "learner",
                 None => "joining",
             };
-            let reachable =
-                host.node_id == view.node_id || agent.transport.is_reachable(host.node_id);
+            let reachable = host.node_id == view.node_id
+                || agent.transport.is_reachable(host.node_id)
+                || via_leader.contains(&host.node_id);
             Member {
                 host: Some(host.clone()),
                 role: role.into(),

@@ -10,6 +10,7 @@ mod support;
 mod api_limits;
 mod cp_badinput;
 mod cp_cluster;
+mod cp_scale;
 mod dp_arp;
 mod dp_badinput;
 mod dp_churn;

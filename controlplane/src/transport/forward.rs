@@ -1,4 +1,4 @@
-//! Join and forward requests: the one-shot client RPCs, and the server's replies to them.
+//! Join, forward and reach requests: the one-shot client RPCs, and the server's replies to them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +64,7 @@ pub async fn forward(
 
 /// Connects as `me`, sends `body`, and returns the first answer `pick` accepts, all within
 /// `timeout`.
-async fn rpc<T>(
+pub(super) async fn rpc<T>(
     addr: &str,
     me: Identity<'_>,
     body: Body,

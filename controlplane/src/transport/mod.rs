@@ -50,7 +50,8 @@ use raft::eraftpb::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use vxnet_proto::frame;
-use vxnet_proto::{ForwardRequest, ForwardResponse, JoinRequest, JoinResponse};
+use vxnet_proto::peer_envelope::Body;
+use vxnet_proto::{ForwardRequest, ForwardResponse, JoinRequest, JoinResponse, ReachRequest};
 
 pub use connection::PeerConnection;
 pub use forward::{forward, join};
@@ -407,19 +408,34 @@ impl Transport {
         }
     }
 
-    /// Whether we currently hold a working connection to that peer (last write succeeded, or a frame was received from it within ~3 s).
+    /// Whether we currently hold a working connection to that peer (last write succeeded, or a
+    /// frame was received from it within ~3 s). Connections are made on demand and closed when
+    /// idle, so on a host other than the leader this covers the leader (and voters during an
+    /// election) only: ask the leader with [`Transport::reachable_via`] for the whole cluster.
     pub fn is_reachable(&self, node_id: u64) -> bool {
+        self.inner.core.is_reachable(node_id)
+    }
+
+    /// Asks the agent at `addr` (normally the leader, which is connected to every member) which
+    /// node ids it reaches, itself included. An agent of an older release does not answer:
+    /// [`TransportError::Timeout`] after `timeout`.
+    pub async fn reachable_via(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u64>, TransportError> {
         let core = &self.inner.core;
-        let Some(reach) = lock(&core.reach).get(&node_id).cloned() else {
-            return false;
-        };
-        if reach.write_ok.load(Ordering::Relaxed) {
-            return true;
-        }
-        let last = reach.last_recv_ms.load(Ordering::Relaxed);
-        reach.inbound_conns.load(Ordering::Relaxed) > 0
-            && last != 0
-            && core.now_ms().saturating_sub(last) <= REACHABLE_WINDOW_MS
+        forward::rpc(
+            addr,
+            core.identity(),
+            Body::ReachRequest(ReachRequest {}),
+            timeout,
+            |b| match b {
+                Body::ReachResponse(r) => Some(r.reachable),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// A snapshot of the counters.

@@ -1,5 +1,11 @@
-//! Outbound side: one writer task per known peer that connects, backs off with jitter on
-//! failure, and pumps queued Raft messages in batches.
+//! Outbound side: one writer task per known peer that connects when there is something to
+//! send, pumps queued Raft messages in batches, closes the connection once it has been idle for
+//! [`IDLE_CLOSE`], and backs off with jitter on failure.
+//!
+//! Connecting on demand is what lets a cluster grow: the leader's heartbeats keep one
+//! connection open to every member, a member's answers keep one open to the leader, and voters
+//! talk to each other only during elections. A host thus holds about `voters + 1` connections
+//! (the leader: one per member), not one to every other host.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +19,11 @@ use tracing::{debug, info, warn};
 use super::connection::{PeerConnection, connect_inner};
 use super::shared::{Core, Reach, bump};
 use super::{BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES, BATCH_MSGS, TransportError, WRITE_TIMEOUT};
+
+/// An outbound connection with nothing to send for this long is closed. Longer than an
+/// election (1-2 s of vote traffic), far shorter than a leader's silence: the leader sends a
+/// heartbeat to every member each tick.
+pub(super) const IDLE_CLOSE: Duration = Duration::from_secs(5);
 
 /// A known peer: where it is and the queue of its writer task.
 pub(super) struct PeerEntry {
@@ -56,10 +67,12 @@ impl Jitter {
 
 enum PumpEnd {
     Stopped,
+    Idle,
     Failed(TransportError),
 }
 
-/// The writer task of peer `id`: (re)connects with backoff and pumps `rx` until stopped.
+/// The writer task of peer `id`: connects when a message is queued, pumps `rx` until idle or
+/// stopped, reconnects with backoff after a failure.
 pub(super) async fn run_peer_writer(
     core: Arc<Core>,
     id: u64,
@@ -73,6 +86,14 @@ pub(super) async fn run_peer_writer(
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
     loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            _ = &mut stop => return,
+            _ = shutdown.changed() => return,
+        };
         let attempt = connect_inner(&addr, core.identity(), Some(id));
         let result = tokio::select! {
             r = attempt => r,
@@ -87,10 +108,23 @@ pub(super) async fn run_peer_writer(
                 failures = 0;
                 backoff = BACKOFF_MIN;
                 reach.write_ok.store(true, Ordering::Relaxed);
-                let end = pump(&core, conn, &mut rx, &mut stop, &mut shutdown, &reach).await;
+                let end = pump(
+                    &core,
+                    conn,
+                    first,
+                    &mut rx,
+                    &mut stop,
+                    &mut shutdown,
+                    &reach,
+                )
+                .await;
                 reach.write_ok.store(false, Ordering::Relaxed);
                 match end {
                     PumpEnd::Stopped => return,
+                    PumpEnd::Idle => {
+                        debug!(peer = id, %addr, "closing idle peer connection");
+                        continue;
+                    }
                     PumpEnd::Failed(e) => {
                         warn!(peer = id, %addr, "peer connection lost: {e}");
                         core.report_unreachable(id);
@@ -106,14 +140,13 @@ pub(super) async fn run_peer_writer(
                 }
                 // Whatever waited for this connection is stale by the next attempt: drop it
                 // now and let Raft know, rather than deliver it late.
-                let mut dropped = 0u64;
+                drop(first);
+                let mut dropped = 1u64;
                 while rx.try_recv().is_ok() {
                     dropped += 1;
                 }
-                if dropped > 0 {
-                    bump(&core.counters.raft_send_dropped, dropped);
-                    core.report_unreachable(id);
-                }
+                bump(&core.counters.raft_send_dropped, dropped);
+                core.report_unreachable(id);
             }
         }
         let delay = jitter.spread(backoff);
@@ -126,10 +159,12 @@ pub(super) async fn run_peer_writer(
     }
 }
 
-/// Writes queued messages to an established connection until it fails or we are stopped.
+/// Writes `first`, then queued messages, to an established connection until it fails, stays
+/// idle for [`IDLE_CLOSE`], or we are stopped.
 async fn pump(
     core: &Core,
     conn: PeerConnection,
+    first: Message,
     rx: &mut mpsc::Receiver<Message>,
     stop: &mut oneshot::Receiver<()>,
     shutdown: &mut watch::Receiver<()>,
@@ -143,20 +178,25 @@ async fn pump(
     // The server never writes after the handshake; reading only detects its close early.
     let mut probe = [0u8; 64];
     let mut buf = Vec::new();
+    let mut next = Some(first);
     loop {
-        let first = tokio::select! {
-            _ = &mut *stop => return PumpEnd::Stopped,
-            _ = shutdown.changed() => return PumpEnd::Stopped,
-            r = reader.read(&mut probe) => {
-                return PumpEnd::Failed(match r {
-                    Ok(0) => TransportError::Closed,
-                    Ok(_) => TransportError::Protocol("unexpected data from the server".into()),
-                    Err(e) => TransportError::Io(e),
-                });
-            }
-            m = rx.recv() => match m {
-                Some(m) => m,
-                None => return PumpEnd::Stopped,
+        let first = match next.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                _ = &mut *stop => return PumpEnd::Stopped,
+                _ = shutdown.changed() => return PumpEnd::Stopped,
+                _ = tokio::time::sleep(IDLE_CLOSE) => return PumpEnd::Idle,
+                r = reader.read(&mut probe) => {
+                    return PumpEnd::Failed(match r {
+                        Ok(0) => TransportError::Closed,
+                        Ok(_) => TransportError::Protocol("unexpected data from the server".into()),
+                        Err(e) => TransportError::Io(e),
+                    });
+                }
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => return PumpEnd::Stopped,
+                },
             },
         };
         buf.clear();

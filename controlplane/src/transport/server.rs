@@ -10,8 +10,8 @@ use tokio::io::{AsyncRead, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::{debug, warn};
-use vxnet_proto::PeerEnvelope;
 use vxnet_proto::peer_envelope::Body;
+use vxnet_proto::{PeerEnvelope, ReachResponse};
 
 use super::forward::spawn_reply;
 use super::handshake::{Accepted, Access, server_handshake};
@@ -222,6 +222,23 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     .await
                 {
                     spawn_reply(core, rx, Body::ForwardResponse, reply_tx.clone(), acc);
+                }
+            }
+            Some(Body::ReachRequest(_)) => {
+                if acc.access == Access::JoinOnly {
+                    return bad_input(&"reach request on a join-only connection");
+                }
+                // Answered here, from the transport's own bookkeeping: no agent round trip.
+                let env = PeerEnvelope {
+                    cluster_id: acc.peer.cluster_id,
+                    from: core.node_id(),
+                    to: acc.peer.node_id,
+                    body: Some(Body::ReachResponse(ReachResponse {
+                        reachable: core.reachable_ids(),
+                    })),
+                };
+                if reply_tx.send(env).await.is_err() {
+                    return;
                 }
             }
             // Hellos and responses have no meaning here; newer peers may send more.

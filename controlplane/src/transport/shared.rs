@@ -18,7 +18,8 @@ use super::handshake::Identity;
 use super::peer::PeerEntry;
 use super::wire::encode_frame;
 use super::{
-    INBOUND_WAIT, Inbound, LOG_INTERVAL_MS, REQUEST_WAIT, TransportError, UNREACHABLE_INTERVAL_MS,
+    INBOUND_WAIT, Inbound, LOG_INTERVAL_MS, REACHABLE_WINDOW_MS, REQUEST_WAIT, TransportError,
+    UNREACHABLE_INTERVAL_MS,
 };
 use crate::node::{decode_raft_message, encode_raft_message};
 
@@ -113,6 +114,34 @@ impl Core {
 
     pub(super) fn reach(&self, id: u64) -> Arc<Reach> {
         lock(&self.reach).entry(id).or_default().clone()
+    }
+
+    /// Whether we hold a working connection to node `id`: our last write to it succeeded, or an
+    /// inbound connection from it carried a frame within [`REACHABLE_WINDOW_MS`].
+    pub(super) fn is_reachable(&self, id: u64) -> bool {
+        let Some(reach) = lock(&self.reach).get(&id).cloned() else {
+            return false;
+        };
+        if reach.write_ok.load(Ordering::Relaxed) {
+            return true;
+        }
+        let last = reach.last_recv_ms.load(Ordering::Relaxed);
+        reach.inbound_conns.load(Ordering::Relaxed) > 0
+            && last != 0
+            && self.now_ms().saturating_sub(last) <= REACHABLE_WINDOW_MS
+    }
+
+    /// Every node id [`Core::is_reachable`] says yes to, and ours, ascending.
+    pub(super) fn reachable_ids(&self) -> Vec<u64> {
+        let ids: Vec<u64> = lock(&self.reach).keys().copied().collect();
+        let mut out: Vec<u64> = ids
+            .into_iter()
+            .filter(|&id| self.is_reachable(id))
+            .chain(Some(self.node_id()).filter(|&me| me != 0))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Whether something about `ip` may be logged now (once per [`LOG_INTERVAL_MS`]).
