@@ -25,6 +25,14 @@ use crate::wire::MacAddr;
 /// A VXLAN Network Identifier (24 bits).
 pub type Vni = u32;
 
+/// The MAC of network `vni`'s anycast gateway: the same on every host (`02:56:58` = locally
+/// administered "VX", then the VNI), so a container's ARP entry for its gateway stays right
+/// wherever the gateway answers. Never an endpoint's MAC (those start `02:42`).
+pub fn gateway_mac(vni: Vni) -> MacAddr {
+    let [_, a, b, c] = vni.to_be_bytes();
+    MacAddr([0x02, 0x56, 0x58, a, b, c])
+}
+
 /// Where a MAC address lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MacLocation {

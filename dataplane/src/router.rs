@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fdb::{FibSnapshot, MacLocation, NetworkTable, Vni};
+use crate::fdb::{FibSnapshot, MacLocation, NetworkTable, Vni, gateway_mac};
 use crate::stats::{DropReason, WorkerStats};
 use crate::wire::{
     self, ArpOperation, ArpPacket, EtherType, EthernetFrame, Icmpv4Packet, Icmpv6Packet,
@@ -233,6 +233,11 @@ impl Router {
             return Egress::Drop(DropReason::ShortFrame);
         };
         let (src, dst) = (frame.src_addr(), frame.dst_addr());
+        // The host's own frames (its anycast gateway on the bridge) never leave the host: every
+        // host answers for the gateway itself, and reaches other hosts' containers through them.
+        if src == gateway_mac(table.vni()) {
+            return Egress::Local;
+        }
         if let Some(MacLocation::Remote(_)) = table.lookup_mac(&src) {
             return Egress::Drop(DropReason::LoopGuard);
         }

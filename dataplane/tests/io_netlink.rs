@@ -177,6 +177,7 @@ fn container_veth_end_to_end() {
             prefix_len: 24,
             mtu: 1450,
             gso_max_size: Some(60_000),
+            gateway: None,
         };
         let created = nl.create_veth_into_netns(&spec).await?;
         // Same host name again: refused, and the first pair is untouched.

@@ -123,6 +123,7 @@ fn frames_cross_the_bridge(opts: TapOptions) {
             prefix_len: 24,
             mtu: 1450,
             gso_max_size: Some(60_000),
+            gateway: None,
         };
         nl.create_veth_into_netns(&spec).await?;
         Ok(())

@@ -48,6 +48,25 @@ fn unicast_to_local_endpoint_stays_on_the_bridge() {
 }
 
 #[test]
+fn the_hosts_own_frames_from_its_anycast_gateway_never_leave_it() {
+    let mut host = Host::new();
+    let gateway = vxnet_dataplane::fdb::gateway_mac(VNI).0;
+    assert_eq!(
+        gateway[..3],
+        [0x02, 0x56, 0x58],
+        "locally administered, not an endpoint's"
+    );
+    // A broadcast (the host's own ARP request) and a unicast to a remote endpoint.
+    let request = arp_frame(1, gateway, LOCAL_IP, [0; 6], REMOTE_IP);
+    let mut buf = with_headroom(&request);
+    assert_eq!(host.egress(&mut buf, request.len()), Action::Local);
+    let frame = udp_frame(gateway, REMOTE_MAC, LOCAL_IP, REMOTE_IP, 1, 2, b"x");
+    let mut buf = with_headroom(&frame);
+    assert_eq!(host.egress(&mut buf, frame.len()), Action::Local);
+    assert_eq!(host.stats.total_drops(), 0, "not a drop: it is the host's");
+}
+
+#[test]
 fn broadcast_is_replicated_to_every_member_vtep() {
     let mut host = Host::new();
     let frame = udp_frame(

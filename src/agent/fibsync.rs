@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use vxnet_controlplane::state::State;
-use vxnet_dataplane::fdb::{FibSnapshot, FibUpdate, MacLocation, Vni};
+use vxnet_dataplane::fdb::{FibSnapshot, FibUpdate, MacLocation, Vni, gateway_mac};
 use vxnet_dataplane::wire::MacAddr;
 
 /// The entries one network must have on this host.
@@ -43,6 +43,18 @@ pub fn desired(state: &State, host: &str, mtu: u16) -> BTreeMap<Vni, DesiredNetw
                 ..DesiredNetwork::default()
             },
         );
+    }
+    // The anycast gateway lives on this host's bridge: ARP for it is answered here (by the
+    // host's kernel) and never flooded, and a frame claiming its MAC from another host is a loop.
+    for network in state.networks() {
+        let Some(net) = out.get_mut(&network.vni) else {
+            continue;
+        };
+        if let Ok(ip) = network.gateway.parse::<IpAddr>() {
+            let mac = gateway_mac(network.vni);
+            net.macs.insert(mac, MacLocation::Local);
+            net.neighbors.insert(ip, mac);
+        }
     }
     // Static VTEPs first: an endpoint of the cluster wins over a static entry for the same MAC.
     for vtep in state.static_vteps() {
@@ -234,19 +246,31 @@ mod tests {
         let want = desired(&c.state, "h1", 1450);
         let net = want.values().next().expect("blue is served on h1");
         assert_eq!(net.members, [vtep(2)].into());
+        // The local endpoint and the anycast gateway live here; the other endpoint on h2.
+        let gateway = vxnet_dataplane::fdb::gateway_mac(4096);
         assert_eq!(
             net.macs
                 .values()
                 .filter(|l| **l == MacLocation::Local)
                 .count(),
-            1
+            2
         );
+        assert_eq!(net.macs.get(&gateway), Some(&MacLocation::Local));
         assert!(
             net.macs
                 .values()
                 .any(|l| *l == MacLocation::Remote(vtep(2)))
         );
-        assert_eq!(net.neighbors.len(), 2);
+        assert_eq!(net.neighbors.len(), 3);
+        let gateway_ip: IpAddr = c
+            .state
+            .networks()
+            .next()
+            .expect("blue")
+            .gateway
+            .parse()
+            .unwrap();
+        assert_eq!(net.neighbors.get(&gateway_ip), Some(&gateway));
     }
 
     #[test]

@@ -14,18 +14,19 @@
 //! black hole).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use vxnet_controlplane::state::State;
-use vxnet_dataplane::fdb::{Fib, Vni};
+use vxnet_dataplane::fdb::{Fib, Vni, gateway_mac};
 use vxnet_dataplane::io::netlink::next_free_ifname_in_netns;
 use vxnet_dataplane::io::{DataPlane, IoError, LinkRef, Netlink, NetnsHandle, VethSpec};
 use vxnet_dataplane::wire::MacAddr;
-use vxnet_proto::Endpoint;
+use vxnet_proto::{Endpoint, Network};
 
 use super::fibsync;
+use super::gateway::{self, Gateway};
 
 /// MTU of the agent-side links (TAP, host veth ends): the largest a TAP allows (65535 minus
 /// its Ethernet header).
@@ -80,6 +81,10 @@ pub struct Reconciler {
     pub dataplane: Arc<DataPlane>,
     /// The forwarding table.
     pub fib: Arc<Fib>,
+    /// The gateway's rules and routes.
+    pub gateway: Gateway,
+    /// The VXLAN UDP port (its datagrams bypass connection tracking).
+    pub vxlan_port: u16,
 }
 
 impl Reconciler {
@@ -89,9 +94,9 @@ impl Reconciler {
         let local: Vec<&Endpoint> = state.endpoints().filter(|e| e.host == self.host).collect();
         let wanted_vnis: BTreeSet<Vni> = local.iter().map(|e| e.vni).collect();
 
-        for &vni in &wanted_vnis {
-            if let Err(e) = self.ensure_network(vni).await {
-                report.errors.push(format!("network vni {vni}: {e}"));
+        for network in state.networks().filter(|n| wanted_vnis.contains(&n.vni)) {
+            if let Err(e) = self.ensure_network(network).await {
+                report.errors.push(format!("network {}: {e}", network.name));
             }
         }
         // The FIB right after the links: traffic can flow as soon as both exist.
@@ -109,7 +114,8 @@ impl Reconciler {
         let mut wanted_veths = BTreeSet::new();
         for endpoint in &local {
             wanted_veths.insert(host_veth_name(&endpoint.id));
-            match self.ensure_endpoint(endpoint).await {
+            let network = state.networks().find(|n| n.id == endpoint.network_id);
+            match self.ensure_endpoint(endpoint, network).await {
                 Ok(()) => {}
                 Err(EndpointError::SandboxGone) => report.vanished.push((*endpoint).clone()),
                 Err(EndpointError::Io(e)) => report.errors.push(format!(
@@ -122,16 +128,54 @@ impl Reconciler {
             report.errors.push(format!("cleanup: {e}"));
         }
         report
+            .errors
+            .extend(self.reconcile_gateway(state, true).await);
+        report
     }
 
-    /// Creates network `vni`'s bridge and TAP if missing. Idempotent.
-    pub async fn ensure_network(&self, vni: Vni) -> Result<(), IoError> {
+    /// Brings the gateway's filtering, NAT and routes up to date (`full`: even if the plan did
+    /// not change since the last round). Returns what failed.
+    pub async fn reconcile_gateway(&self, state: &State, full: bool) -> Vec<String> {
+        let plan = gateway::plan(state, &self.host, self.vxlan_port);
+        self.gateway
+            .apply(&self.netlink, &plan, full)
+            .await
+            .into_iter()
+            .map(|e| format!("gateway: {e}"))
+            .collect()
+    }
+
+    /// Creates the network's bridge (with the anycast gateway's MAC and address) and TAP if
+    /// missing. Idempotent.
+    pub async fn ensure_network(&self, network: &Network) -> Result<(), IoError> {
+        let vni = network.vni;
         let bridge = bridge_name(vni);
-        let existed = self.netlink.link_by_name(&bridge).await?.is_some();
+        let existed = self.netlink.link_by_name(&bridge).await?;
         let bridge_index = self.netlink.ensure_bridge(&bridge, self.mtu).await?;
-        if !existed {
+        if existed.is_none() {
             self.netlink.disable_ipv6_autoconf(bridge_index).await?;
             tracing::info!(bridge, "link created");
+        }
+        let gateway_mac = gateway_mac(vni).0;
+        if existed.and_then(|l| l.mac) != Some(gateway_mac) {
+            self.netlink
+                .set_mac(LinkRef::Index(bridge_index), gateway_mac)
+                .await?;
+        }
+        if let (Ok(gateway), Some((_, prefix_len))) = (
+            network.gateway.parse::<Ipv4Addr>(),
+            network
+                .subnet
+                .split_once('/')
+                .and_then(|(a, l)| Some((a, l.parse::<u8>().ok()?))),
+        ) {
+            self.netlink
+                .add_address(
+                    LinkRef::Index(bridge_index),
+                    IpAddr::V4(gateway),
+                    prefix_len,
+                )
+                .await?;
         }
         let tap = tap_name(vni);
         if !self.dataplane.networks().contains(&vni) {
@@ -161,8 +205,13 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Creates the endpoint's veth pair if it is missing. Idempotent.
-    pub async fn ensure_endpoint(&self, endpoint: &Endpoint) -> Result<(), EndpointError> {
+    /// Creates the endpoint's veth pair if it is missing (with a default route via the gateway
+    /// when the network has a way out and the sandbox no default route yet). Idempotent.
+    pub async fn ensure_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        network: Option<&Network>,
+    ) -> Result<(), EndpointError> {
         let host_name = host_veth_name(&endpoint.id);
         let bridge_index = match self
             .netlink
@@ -204,6 +253,9 @@ impl Reconciler {
             prefix_len: u8::try_from(endpoint.prefix_len).unwrap_or(32),
             mtu: self.mtu,
             gso_max_size: Some(vxnet_dataplane::offload::container_gso_max_size(self.mtu)),
+            gateway: network
+                .filter(|n| !n.internal)
+                .and_then(|n| n.gateway.parse().ok()),
         };
         let created = self.netlink.create_veth_into_netns(&spec).await?;
         self.netlink
@@ -255,8 +307,11 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Removes every link this agent made (used by `cluster leave`).
+    /// Removes every link, rule and route this agent made (used by `cluster leave`).
     pub async fn remove_all(&self) -> Result<(), IoError> {
+        for error in self.gateway.remove_all(&self.netlink).await {
+            tracing::warn!("gateway cleanup: {error}");
+        }
         self.remove_stale(&BTreeSet::new(), &BTreeSet::new()).await
     }
 }

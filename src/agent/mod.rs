@@ -4,6 +4,7 @@
 mod admission;
 pub mod driver;
 pub mod fibsync;
+pub mod gateway;
 pub mod links;
 pub mod metrics;
 pub mod server;
@@ -310,6 +311,8 @@ impl Agent {
                 netlink,
                 dataplane,
                 fib: Arc::clone(&fib),
+                gateway: gateway::Gateway::default(),
+                vxlan_port: config.vxlan_port,
             },
             config,
             driver,
@@ -542,6 +545,10 @@ impl Agent {
                 let updates = fibsync::diff(&self.fib.load(), &desired);
                 if !updates.is_empty() {
                     self.fib.apply(&updates);
+                }
+                // Other hosts' endpoints change the routes to them, and networks the rules.
+                for error in self.reconciler.reconcile_gateway(&state, false).await {
+                    tracing::warn!("reconcile: {error}");
                 }
                 return;
             }

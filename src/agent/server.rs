@@ -406,11 +406,30 @@ async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
                 }) => ep.clone(),
                 _ => return from_submit(result),
             };
+            let network = agent
+                .driver
+                .view()
+                .state
+                .networks()
+                .find(|n| n.id == endpoint.network_id)
+                .cloned();
             let made = {
                 let _guard = agent.links_lock.lock().await;
-                match agent.reconciler.ensure_network(endpoint.vni).await {
-                    Ok(()) => agent.reconciler.ensure_endpoint(&endpoint).await,
-                    Err(e) => Err(e.into()),
+                match network {
+                    Some(network) => match agent.reconciler.ensure_network(&network).await {
+                        Ok(()) => {
+                            agent
+                                .reconciler
+                                .ensure_endpoint(&endpoint, Some(&network))
+                                .await
+                        }
+                        Err(e) => Err(e.into()),
+                    },
+                    None => Err(vxnet_dataplane::io::IoError::NotFound(format!(
+                        "network {}",
+                        endpoint.network_id
+                    ))
+                    .into()),
                 }
             };
             if let Err(e) = made {

@@ -25,6 +25,7 @@ mod fault_disk;
 mod fault_panic;
 mod fault_restart;
 mod fault_wal;
+mod gw_egress;
 mod ops;
 mod overlay;
 mod upgrade_mixed;

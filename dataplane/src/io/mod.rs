@@ -4,6 +4,7 @@
 //! - [`netlink`]: bridges, veths and addresses over rtnetlink, and work inside other network
 //!   namespaces ([`netlink::in_netns`]).
 //! - [`netns`]: network namespace handles, and named namespaces for tests and tools.
+//! - [`routes`]: the IPv4 routes vxnet owns, containers' default routes, bridge MACs.
 //! - [`udp`]: the VXLAN underlay sockets (batched `recvmmsg`/`sendmmsg`, UDP GSO and GRO).
 //! - [`workers`]: the data plane's threads, each with its epoll instance (`epoll`), its
 //!   busy-poll policy ([`BusyPoll`]) and its log of failed calls (`faults`).
@@ -16,6 +17,7 @@ mod epoll;
 mod faults;
 pub mod netlink;
 pub mod netns;
+pub mod routes;
 pub mod tap;
 pub mod udp;
 pub mod workers;
@@ -26,6 +28,7 @@ pub use busy_poll::{
 
 pub use netlink::{LinkInfo, LinkRef, Netlink, VethCreated, VethSpec, in_netns, in_netns_blocking};
 pub use netns::{NamedNetns, NetnsHandle};
+pub use routes::{ROUTE_PROTOCOL, Route4};
 pub use tap::{Tap, TapOffloads, TapOptions, VNET_HDR_LEN};
 pub use udp::{MsgBatch, RecvMeta, SendPool, VxlanSocket, bind_vxlan_rx};
 pub use workers::{DataPlane, DataPlaneConfig};

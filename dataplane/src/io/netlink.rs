@@ -131,6 +131,9 @@ pub struct VethSpec<'a> {
     /// `gso_max_size` of the container-side end: caps the TCP super-frames the container sends
     /// (see [`crate::offload::container_gso_max_size`]); `None` keeps the kernel's default.
     pub gso_max_size: Option<u32>,
+    /// The network's gateway: the container gets `default via` it unless it already has a
+    /// default route (`None`: an `--internal` network, no way out).
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// The two ends made by [`Netlink::create_veth_into_netns`].
@@ -216,7 +219,7 @@ impl Netlink {
         Ok(links)
     }
 
-    async fn resolve(&self, link: LinkRef<'_>) -> Result<u32> {
+    pub(crate) async fn resolve(&self, link: LinkRef<'_>) -> Result<u32> {
         match link {
             LinkRef::Index(i) => Ok(i),
             LinkRef::Name(name) => match self.link_by_name(name).await? {
@@ -462,7 +465,8 @@ impl Netlink {
     /// Creates a container's interface: a veth pair whose host end `host_name` goes onto the
     /// bridge (MTU, up) and whose other end is born inside the container's namespace as
     /// `peer_name` with the given MAC and MTU. Then, inside the namespace, it adds the IPv4
-    /// address, brings `lo` and the interface up and sends one gratuitous ARP.
+    /// address, brings `lo` and the interface up, adds a default route via the gateway if there
+    /// is one and the namespace has none, and sends one gratuitous ARP.
     ///
     /// The container end is created directly in the target namespace (`IFLA_NET_NS_FD` on the
     /// peer) rather than created here and moved: the final name can never collide with a host
@@ -537,7 +541,7 @@ impl Netlink {
         self.attach(LinkRef::Index(host.index), spec.bridge_index, spec.mtu)
             .await?;
         let peer_name = spec.peer_name.to_owned();
-        let (mac, ip, prefix_len) = (spec.mac, spec.ipv4, spec.prefix_len);
+        let (mac, ip, prefix_len, gateway) = (spec.mac, spec.ipv4, spec.prefix_len, spec.gateway);
         let peer_index = in_netns(spec.netns, move |nl| async move {
             let peer = nl
                 .link_by_name(&peer_name)
@@ -550,6 +554,9 @@ impl Netlink {
             nl.disable_ipv6_autoconf(peer.index).await?;
             nl.set_up(LinkRef::Name("lo")).await?;
             nl.set_up(LinkRef::Index(peer.index)).await?;
+            if let Some(gateway) = gateway {
+                nl.add_default_route_v4_if_none(gateway).await?;
+            }
             Ok(peer.index)
         })
         .await?;

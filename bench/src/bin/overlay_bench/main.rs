@@ -73,9 +73,9 @@ struct Cli {
     #[arg(long, value_name = "LIST", value_parser = parse_only,
           default_value = "no-overlay,kernel-vxlan,vxnet")]
     only: Kinds,
-    /// Comma-separated subset of ping,rr,tcp1,tcp4,udp
+    /// Comma-separated subset of ping,rr,tcp1,tcp4,udp,egress
     #[arg(long, value_name = "LIST", value_parser = parse_steps,
-          default_value = "ping,rr,tcp1,tcp4,udp")]
+          default_value = "ping,rr,tcp1,tcp4,udp,egress")]
     steps: Steps,
     /// UDP generator threads
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -122,10 +122,18 @@ enum Step {
     Tcp1,
     Tcp4,
     Udp,
+    Egress,
 }
 
 impl Step {
-    const ALL: [Step; 5] = [Step::Ping, Step::Rr, Step::Tcp1, Step::Tcp4, Step::Udp];
+    const ALL: [Step; 6] = [
+        Step::Ping,
+        Step::Rr,
+        Step::Tcp1,
+        Step::Tcp4,
+        Step::Udp,
+        Step::Egress,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -134,6 +142,7 @@ impl Step {
             Step::Tcp1 => "tcp1",
             Step::Tcp4 => "tcp4",
             Step::Udp => "udp",
+            Step::Egress => "egress",
         }
     }
 }
@@ -305,7 +314,11 @@ fn run(mut opts: Cli) -> Result<()> {
     let spread = report::per_run_ratios(&raw);
     for (metric, ratios) in &spread {
         let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-        println!("per run, vxnet/kernel, {metric}: {}", list.join(" "));
+        if metric.starts_with("egress") {
+            println!("per run, vxnet, {metric}: {}", list.join(" "));
+        } else {
+            println!("per run, vxnet/kernel, {metric}: {}", list.join(" "));
+        }
     }
     if !errors.is_empty() {
         println!("errors: {}", serde_json::to_string_pretty(&errors)?);
@@ -398,6 +411,8 @@ fn measure_all(
                     Step::Rr => record(topo.kind, traffic::tcp_rr(topo, &paths.me, t.rr_secs), ""),
                     Step::Tcp1 => record(topo.kind, traffic::iperf(topo, 1, t.tcp_secs), "tcp1_"),
                     Step::Tcp4 => record(topo.kind, traffic::iperf(topo, 4, t.tcp_secs), "tcp4_"),
+                    Step::Egress if topo.outside.is_none() => {}
+                    Step::Egress => record(topo.kind, traffic::egress(topo, t.tcp_secs), ""),
                     Step::Udp => record(
                         topo.kind,
                         traffic::udp_rate(

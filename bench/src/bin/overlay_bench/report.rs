@@ -34,6 +34,8 @@ const ROWS: &[(&str, &str, usize)] = &[
     ("cpu_agent_s_per_gb", "CPU agent s/GB (TCP 1)", 3),
     ("cpu_softirq_s_per_gb", "CPU softirq s/GB (TCP 1)", 3),
     ("cpu_machine_busy_s_per_gb", "CPU machine busy s/GB", 3),
+    ("egress_container_gbps", "egress: container (Gbit/s)", 2),
+    ("egress_host_gbps", "egress: its host (Gbit/s)", 2),
 ];
 
 /// Medians; the 1-stream CPU figures are the headline CPU rows.
@@ -61,12 +63,35 @@ pub fn summarize(raw: &Raw) -> Summary {
 /// vxnet/kernel ratios run by run (runs interleave, so run i of both ran minutes apart at
 /// most) for the headline metrics: the spread a median hides on a noisy machine.
 pub fn per_run_ratios(raw: &Raw) -> Vec<(String, Vec<f64>)> {
-    let (Some(kernel), Some(vxnet)) = (
-        raw.get(Kind::KernelVxlan.name()),
-        raw.get(Kind::Vxnet.name()),
-    ) else {
+    let Some(vxnet) = raw.get(Kind::Vxnet.name()) else {
         return Vec::new();
     };
+    let mut out = raw
+        .get(Kind::KernelVxlan.name())
+        .map(|kernel| ratios_of(kernel, vxnet))
+        .unwrap_or_default();
+    // Egress is vxnet's alone: a container through its gateway and NAT ÷ its host, same server.
+    if let (Some(container), Some(host)) = (
+        vxnet.get("egress_container_gbps"),
+        vxnet.get("egress_host_gbps"),
+    ) {
+        let ratios: Vec<f64> = container
+            .iter()
+            .zip(host)
+            .filter(|(_, h)| **h > 0.0)
+            .map(|(c, h)| c / h)
+            .collect();
+        if !ratios.is_empty() {
+            out.push(("egress_container_over_host".into(), ratios));
+        }
+    }
+    out
+}
+
+fn ratios_of(
+    kernel: &BTreeMap<String, Vec<f64>>,
+    vxnet: &BTreeMap<String, Vec<f64>>,
+) -> Vec<(String, Vec<f64>)> {
     ["tcp1_cpu_machine_busy_s_per_gb", "tcp1_gbps", "tcp4_gbps"]
         .iter()
         .filter_map(|metric| {

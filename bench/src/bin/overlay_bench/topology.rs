@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::{Value, json};
 use vxnet_testkit::agent::{AgentCmd, agent_args, vxnet_cli, wait_api, wait_members};
 use vxnet_testkit::netns::{
-    Proc, add_netns, build_underlay, ipv4_of, log_tail, ping, prefix, sh, wait_for,
+    Proc, add_netns, build_underlay, ipv4_of, log_tail, ping, plug, prefix, sh, wait_for,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +45,14 @@ pub struct Agent {
     proc: Proc,
 }
 
+/// The address of the "outside" server of the egress measurement (vxnet only): a namespace on
+/// the underlay switch, in no overlay.
+pub const OUTSIDE_IP: &str = "192.168.200.100";
+
 pub struct Topo {
     pub kind: Kind,
+    /// The outside namespace, where the topology has a way out of its overlay.
+    pub outside: Option<String>,
     pub hosts: Vec<String>,
     pub containers: [String; 2],
     /// Container 2's address (the target of every measurement).
@@ -133,6 +139,7 @@ pub fn build(kind: Kind, paths: &Paths) -> Result<Topo> {
     }
     let mut topo = Topo {
         kind,
+        outside: None,
         hosts: hosts.clone(),
         containers: containers.clone(),
         dst: String::new(),
@@ -236,5 +243,12 @@ fn build_vxnet(topo: &mut Topo, paths: &Paths) -> Result<()> {
         )?;
     }
     topo.dst = ipv4_of(&topo.containers[1], "eth0")?;
+    // The outside of the egress measurement: on the switch, in no overlay.
+    let prefix = prefix(topo.kind.tag());
+    let outside = format!("{prefix}-out");
+    add_netns(&outside)?;
+    plug(&prefix, &outside, "pout", 1500)?;
+    sh(&format!("ip -n {outside} addr add {OUTSIDE_IP}/24 dev ul0"))?;
+    topo.outside = Some(outside);
     Ok(())
 }

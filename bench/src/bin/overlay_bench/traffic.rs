@@ -60,10 +60,59 @@ static NEXT_PORT: AtomicU64 = AtomicU64::new(5201);
 
 /// iperf3 with `streams` TCP streams for `secs`, and the CPU it cost.
 pub fn iperf(topo: &Topo, streams: u32, secs: u32) -> Result<Figures> {
+    iperf_between(
+        topo,
+        &topo.containers[0],
+        &topo.containers[1],
+        &topo.dst,
+        streams,
+        secs,
+    )
+}
+
+/// One TCP stream for `secs` from container 1, through its gateway and NAT, to a server
+/// outside every overlay, then from container 1's host to the same server: `egress_container_*`
+/// and `egress_host_*` figures. Topologies without an outside have none.
+pub fn egress(topo: &Topo, secs: u32) -> Result<Figures> {
+    let Some(outside) = &topo.outside else {
+        return Ok(Figures::new());
+    };
+    let mut figures = Figures::new();
+    for (prefix, from) in [
+        ("egress_container_", &topo.containers[0]),
+        ("egress_host_", &topo.hosts[0]),
+    ] {
+        let m = iperf_between(topo, from, outside, crate::topology::OUTSIDE_IP, 1, secs)?;
+        for key in ["gbps", "cpu_machine_busy_s_per_gb"] {
+            if let Some(&v) = m.get(key) {
+                figures.insert(
+                    match (prefix, key) {
+                        ("egress_container_", "gbps") => "egress_container_gbps",
+                        ("egress_container_", _) => "egress_container_cpu_machine_busy_s_per_gb",
+                        (_, "gbps") => "egress_host_gbps",
+                        _ => "egress_host_cpu_machine_busy_s_per_gb",
+                    },
+                    v,
+                );
+            }
+        }
+    }
+    Ok(figures)
+}
+
+/// iperf3 from namespace `client` to a server in `server` at `dst`.
+fn iperf_between(
+    topo: &Topo,
+    client: &str,
+    server: &str,
+    dst: &str,
+    streams: u32,
+    secs: u32,
+) -> Result<Figures> {
     let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed).to_string();
     let _server = Proc::spawn(
         Command::new("ip")
-            .args(["netns", "exec", &topo.containers[1]])
+            .args(["netns", "exec", server])
             .args(["iperf3", "-s", "-1", "-p", &port])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -76,8 +125,8 @@ pub fn iperf(topo: &Topo, streams: u32, secs: u32) -> Result<Figures> {
         let before = CpuSnap::take(&pids);
         let t0 = Instant::now();
         let out = Command::new("ip")
-            .args(["netns", "exec", &topo.containers[0]])
-            .args(["iperf3", "-J", "-c", &topo.dst, "-p", &port])
+            .args(["netns", "exec", client])
+            .args(["iperf3", "-J", "-c", dst, "-p", &port])
             .args(["-t", &secs.to_string(), "-P", &streams.to_string()])
             .stdin(Stdio::null())
             .output()?;
