@@ -41,7 +41,7 @@ down() {
 
 install_deps() {
   local missing=()
-  for tool in ip:iproute2 ping:iputils-ping iperf3:iperf3 python3:python3; do
+  for tool in ip:iproute2 ping:iputils-ping iperf3:iperf3 python3:python3 nft:nftables; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
