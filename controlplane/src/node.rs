@@ -1,5 +1,5 @@
 //! One job in one file (past 800 lines): driving one `RawNode` — its Ready loop, the membership
-//! policy the leader runs from it, and the accessors the driver reads; a tenth of it is tests.
+//! policy the leader runs from it, and the accessors the driver reads; an eighth of it is tests.
 //!
 //! The Raft node: one `RawNode<DiskStorage>`, the [`State`] it drives, and ONE Ready loop.
 //!

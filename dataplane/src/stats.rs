@@ -10,93 +10,70 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-macro_rules! drop_reasons {
-    ($($variant:ident => $name:literal, $doc:literal;)*) => {
-        /// Why a packet was dropped. Each reason has its own counter.
+/// A counted kind: a `#[repr(usize)]` enum whose variants index an array of counters, with
+/// every variant in order (`ALL`), their number (`COUNT`) and stable snake_case names.
+macro_rules! counter_kinds {
+    ($(#[$meta:meta])* $enum:ident { $($variant:ident => $name:literal, $doc:literal;)* }) => {
+        $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(usize)]
-        pub enum DropReason {
+        pub enum $enum {
             $(#[doc = $doc] $variant,)*
         }
 
-        impl DropReason {
-            /// Every reason, in counter order.
-            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
-            /// How many reasons there are.
+        impl $enum {
+            /// Every kind, in counter order.
+            pub const ALL: &'static [$enum] = &[$($enum::$variant,)*];
+            /// How many kinds there are.
             pub const COUNT: usize = Self::ALL.len();
 
             /// The stable, snake_case name shown by `vxnet stats` and in metrics.
             pub const fn name(self) -> &'static str {
                 match self {
-                    $(DropReason::$variant => $name,)*
+                    $($enum::$variant => $name,)*
                 }
             }
         }
     };
 }
 
-drop_reasons! {
-    // Egress: frames read from a network's TAP device.
-    ShortFrame => "short_frame", "A frame from the TAP is shorter than an Ethernet header.";
-    UnknownNetwork => "unknown_network", "A frame arrived on the TAP of a network this host no longer serves.";
-    LoopGuard => "loop_guard", "The source MAC lives on the other side (a frame came back, or a MAC is spoofed).";
-    NoRoute => "no_route", "Unicast to an unknown MAC and no remote member VTEP to flood to.";
-    TooBig => "too_big", "The frame is larger than the network's MTU allows on the underlay.";
-    BadGso => "bad_gso", "A TAP frame's virtio_net_hdr asks for an offload vxnet does not do (UDP GSO, unknown gso_type) or does not match the frame (gso_size 0, checksum offsets, headers).";
-    // Ingress: datagrams from the underlay UDP socket.
-    ShortDatagram => "short_datagram", "A UDP payload shorter than a VXLAN header.";
-    BadVxlanFlags => "bad_vxlan_flags", "The VXLAN I flag is not set (RFC 7348: the frame must be dropped).";
-    UnknownVni => "unknown_vni", "A VNI this host is not a member of.";
-    NonMemberVtep => "non_member_vtep", "The outer source is not a member VTEP of the VNI (anti-spoofing).";
-    MalformedInner => "malformed_inner", "The inner frame is truncated or its L3 header is malformed.";
-    TruncatedDatagram => "truncated_datagram", "A datagram (or GRO batch) larger than the receive buffer: the kernel cut it, so none of it is delivered.";
-    SourceMismatch => "source_mismatch", "The inner source MAC is registered behind a different VTEP.";
-    NotLocal => "not_local", "Unicast to a MAC that is not on this host.";
-    // I/O: the kernel refused a packet the router had accepted.
-    TapWriteError => "tap_write_error", "Writing a frame to a TAP device failed.";
-    UdpSendError => "udp_send_error", "Sending a datagram to a remote VTEP failed.";
-    UdpSendBusy => "udp_send_busy", "The send socket had no room (WouldBlock, ENOBUFS): the datagram was not sent.";
+counter_kinds! {
+    /// Why a packet was dropped. Each reason has its own counter.
+    DropReason {
+        // Egress: frames read from a network's TAP device.
+        ShortFrame => "short_frame", "A frame from the TAP is shorter than an Ethernet header.";
+        UnknownNetwork => "unknown_network", "A frame arrived on the TAP of a network this host no longer serves.";
+        LoopGuard => "loop_guard", "The source MAC lives on the other side (a frame came back, or a MAC is spoofed).";
+        NoRoute => "no_route", "Unicast to an unknown MAC and no remote member VTEP to flood to.";
+        TooBig => "too_big", "The frame is larger than the network's MTU allows on the underlay.";
+        BadGso => "bad_gso", "A TAP frame's virtio_net_hdr asks for an offload vxnet does not do (UDP GSO, unknown gso_type) or does not match the frame (gso_size 0, checksum offsets, headers).";
+        // Ingress: datagrams from the underlay UDP socket.
+        ShortDatagram => "short_datagram", "A UDP payload shorter than a VXLAN header.";
+        BadVxlanFlags => "bad_vxlan_flags", "The VXLAN I flag is not set (RFC 7348: the frame must be dropped).";
+        UnknownVni => "unknown_vni", "A VNI this host is not a member of.";
+        NonMemberVtep => "non_member_vtep", "The outer source is not a member VTEP of the VNI (anti-spoofing).";
+        MalformedInner => "malformed_inner", "The inner frame is truncated or its L3 header is malformed.";
+        TruncatedDatagram => "truncated_datagram", "A datagram (or GRO batch) larger than the receive buffer: the kernel cut it, so none of it is delivered.";
+        SourceMismatch => "source_mismatch", "The inner source MAC is registered behind a different VTEP.";
+        NotLocal => "not_local", "Unicast to a MAC that is not on this host.";
+        // I/O: the kernel refused a packet the router had accepted.
+        TapWriteError => "tap_write_error", "Writing a frame to a TAP device failed.";
+        UdpSendError => "udp_send_error", "Sending a datagram to a remote VTEP failed.";
+        UdpSendBusy => "udp_send_busy", "The send socket had no room (WouldBlock, ENOBUFS): the datagram was not sent.";
+    }
 }
 
-/// A system call of the packet path that failed with a real error: not `WouldBlock` (nothing to
-/// do, or no room now) and not `Interrupted` (retried). Each failed call counts once, whatever
-/// it carried; the packets it lost are counted as drops too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(usize)]
-pub enum IoFault {
-    /// `read` from a TAP queue.
-    TapRead,
-    /// `write`/`writev` to a TAP queue.
-    TapWrite,
-    /// `recvmmsg` on an underlay receive socket.
-    UdpRecv,
-    /// `sendto`/`sendmsg` on an underlay send socket.
-    UdpSend,
-    /// `epoll_wait` of a worker.
-    EpollWait,
-}
-
-impl IoFault {
-    /// Every fault, in counter order.
-    pub const ALL: &'static [IoFault] = &[
-        IoFault::TapRead,
-        IoFault::TapWrite,
-        IoFault::UdpRecv,
-        IoFault::UdpSend,
-        IoFault::EpollWait,
-    ];
-    /// How many faults there are.
-    pub const COUNT: usize = Self::ALL.len();
-
-    /// The stable, snake_case name shown by `vxnet stats` (`io_error.<name>`) and in metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            IoFault::TapRead => "tap_read",
-            IoFault::TapWrite => "tap_write",
-            IoFault::UdpRecv => "udp_recv",
-            IoFault::UdpSend => "udp_send",
-            IoFault::EpollWait => "epoll_wait",
-        }
+counter_kinds! {
+    /// A system call of the packet path that failed with a real error: not `WouldBlock`
+    /// (nothing to do, or no room now) and not `Interrupted` (retried). Each failed call counts
+    /// once, whatever it carried; the packets it lost are counted as drops too. Shown as
+    /// `io_error.<name>` by `vxnet stats`.
+    IoFault {
+        TapRead => "tap_read", "`read` from a TAP queue.";
+        TapWrite => "tap_write", "`write`/`writev` to a TAP queue.";
+        UdpRecv => "udp_recv", "`recvmmsg` on an underlay receive socket.";
+        UdpSend => "udp_send", "`sendto`/`sendmsg` on an underlay send socket.";
+        EpollWait => "epoll_wait", "`epoll_wait` of a worker.";
     }
 }
 

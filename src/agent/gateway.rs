@@ -71,7 +71,8 @@ pub struct GatewayPlan {
     pub vxlan_port: u16,
 }
 
-fn parse_subnet(cidr: &str) -> Option<(Ipv4Addr, u8)> {
+/// `a.b.c.d/len` as address and prefix length.
+pub fn parse_subnet(cidr: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, len) = cidr.split_once('/')?;
     Some((addr.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?))
 }
@@ -190,19 +191,29 @@ fn replies() -> Expression<'static> {
 const ACCEPT: Statement<'static> = Statement::Accept(None);
 const DROP: Statement<'static> = Statement::Drop(None);
 
-/// The whole `inet vxnet` table for `plan`, as one transaction that replaces the table.
-pub fn ruleset(plan: &GatewayPlan) -> Nftables<'static> {
-    let table = || Table {
+fn table() -> Table<'static> {
+    Table {
         family: NfFamily::INet,
         name: TABLE.into(),
         handle: None,
-    };
-    // Create (so that the delete cannot fail), delete, then build: one atomic replacement.
-    let mut objects = vec![
+    }
+}
+
+/// Deletes the table: created first, so that the delete cannot fail when it is missing.
+fn delete_table() -> Vec<NfObject<'static>> {
+    vec![
         NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
         NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))),
-        NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
-    ];
+    ]
+}
+
+/// The whole `inet vxnet` table for `plan`, as one transaction that replaces the table.
+pub fn ruleset(plan: &GatewayPlan) -> Nftables<'static> {
+    // Delete whatever is there, then build: one atomic replacement.
+    let mut objects = delete_table();
+    objects.push(NfObject::CmdObject(NfCmd::Add(
+        NfListObject::Table(table()),
+    )));
     let chain = |name: &'static str, kind: NfChainType, hook: NfHook, prio: i32| {
         NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(Chain {
             family: NfFamily::INet,
@@ -397,26 +408,20 @@ impl Gateway {
     /// the kernel's routes, as after a restart or to repair changes made behind our back).
     /// Returns what failed; the next round tries again.
     pub async fn apply(&self, netlink: &Netlink, plan: &GatewayPlan, full: bool) -> Vec<String> {
-        let last = self
-            .applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if !full && last.as_ref() == Some(plan) {
-            return Vec::new();
-        }
+        let last = {
+            let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+            if !full && applied.as_ref() == Some(plan) {
+                return Vec::new();
+            }
+            applied.clone()
+        };
         let mut errors = Vec::new();
         if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n") {
             errors.push(format!("net.ipv4.ip_forward=1: {e}"));
         }
-        let rules_changed = last.as_ref().is_none_or(|l| {
-            l.local != plan.local
-                || l.subnets != plan.subnets
-                || l.hosts != plan.hosts
-                || l.vxlan_port != plan.vxlan_port
-        });
-        if (full || rules_changed)
-            && let Err(e) = nft_apply(ruleset(plan)).await
+        let rules = ruleset(plan);
+        if (full || last.is_none_or(|l| ruleset(&l) != rules))
+            && let Err(e) = nft_apply(rules).await
         {
             errors.push(format!("nftables table inet {TABLE}: {e}"));
         }
@@ -450,19 +455,7 @@ impl Gateway {
     pub async fn remove_all(&self, netlink: &Netlink) -> Vec<String> {
         let mut errors = Vec::new();
         let delete = Nftables {
-            objects: vec![
-                NfObject::CmdObject(NfCmd::Add(NfListObject::Table(Table {
-                    family: NfFamily::INet,
-                    name: TABLE.into(),
-                    handle: None,
-                }))),
-                NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(Table {
-                    family: NfFamily::INet,
-                    name: TABLE.into(),
-                    handle: None,
-                }))),
-            ]
-            .into(),
+            objects: delete_table().into(),
         };
         if let Err(e) = nft_apply(delete).await {
             errors.push(e);

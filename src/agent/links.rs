@@ -100,16 +100,7 @@ impl Reconciler {
             }
         }
         // The FIB right after the links: traffic can flow as soon as both exist.
-        let desired = fibsync::desired(
-            state,
-            &self.host,
-            u16::try_from(self.mtu).unwrap_or(u16::MAX),
-        );
-        let updates = fibsync::diff(&self.fib.load(), &desired);
-        if !updates.is_empty() {
-            tracing::debug!(count = updates.len(), "forwarding table updated");
-            self.fib.apply(&updates);
-        }
+        self.sync_fib(state);
 
         let mut wanted_veths = BTreeSet::new();
         for endpoint in &local {
@@ -131,6 +122,28 @@ impl Reconciler {
             .errors
             .extend(self.reconcile_gateway(state, true).await);
         report
+    }
+
+    /// Brings the forwarding table up to date with `state`, in one batch.
+    pub fn sync_fib(&self, state: &State) {
+        let desired = fibsync::desired(
+            state,
+            &self.host,
+            u16::try_from(self.mtu).unwrap_or(u16::MAX),
+        );
+        let updates = fibsync::diff(&self.fib.load(), &desired);
+        if !updates.is_empty() {
+            tracing::debug!(count = updates.len(), "forwarding table updated");
+            self.fib.apply(&updates);
+        }
+    }
+
+    /// The light round, when this host's links are known to be in place: the forwarding table,
+    /// and the gateway's rules and routes (other hosts' endpoints change the routes to them).
+    /// Returns what failed.
+    pub async fn refresh(&self, state: &State) -> Vec<String> {
+        self.sync_fib(state);
+        self.reconcile_gateway(state, false).await
     }
 
     /// Brings the gateway's filtering, NAT and routes up to date (`full`: even if the plan did
@@ -164,10 +177,7 @@ impl Reconciler {
         }
         if let (Ok(gateway), Some((_, prefix_len))) = (
             network.gateway.parse::<Ipv4Addr>(),
-            network
-                .subnet
-                .split_once('/')
-                .and_then(|(a, l)| Some((a, l.parse::<u8>().ok()?))),
+            gateway::parse_subnet(&network.subnet),
         ) {
             self.netlink
                 .add_address(

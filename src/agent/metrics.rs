@@ -68,7 +68,7 @@ impl Collector for AgentCollector {
         let fib = agent.fib.load();
         let mut per_network: [Vec<Row<u64>>; 6] = Default::default();
         for table in fib.networks() {
-            let name = super::server::network_name(&view.state, table.vni());
+            let name = super::queries::network_name(&view.state, table.vni());
             let labels = vec![("network", name), ("vni", table.vni().to_string())];
             let c = table.counters().read();
             for (rows, value) in per_network.iter_mut().zip([

@@ -7,6 +7,7 @@ pub mod fibsync;
 pub mod gateway;
 pub mod links;
 pub mod metrics;
+mod queries;
 pub mod server;
 pub mod starting;
 
@@ -540,14 +541,7 @@ impl Agent {
                 .full_round_at
                 .is_some_and(|at| at.elapsed() < FULL_RECONCILE_EVERY);
             if recent && memo.local_endpoints == local {
-                let mtu = u16::try_from(self.reconciler.mtu).unwrap_or(u16::MAX);
-                let desired = fibsync::desired(&state, &self.reconciler.host, mtu);
-                let updates = fibsync::diff(&self.fib.load(), &desired);
-                if !updates.is_empty() {
-                    self.fib.apply(&updates);
-                }
-                // Other hosts' endpoints change the routes to them, and networks the rules.
-                for error in self.reconciler.reconcile_gateway(&state, false).await {
+                for error in self.reconciler.refresh(&state).await {
                     tracing::warn!("reconcile: {error}");
                 }
                 return;

@@ -6,9 +6,9 @@
 //! streams are capped, request buffers grow only with the bytes that arrive, and a request must
 //! arrive whole within 10 s. Refusals are answered with an error and logged at most once per 5 s
 //! per limit, with a count. The caps and the eviction of stalled readers live in the `admission`
-//! module; this one reads, answers and refuses connections.
+//! module; the read-only answers (network lists, members, FDB, stats) in `queries`; this one
+//! reads requests, dispatches them, carries out the writes and refuses connections.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -18,20 +18,17 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
-use vxnet_controlplane::node::MemberRole;
-use vxnet_dataplane::fdb::MacLocation;
 use vxnet_dataplane::io::NetnsHandle;
 use vxnet_proto::{
-    ApiRequest, ApiResponse, ApplyFailure, ErrorKind, FdbList, Member, MemberList, NamesRequest,
-    NetworkList, RemoveHost, RemoveNetwork, Response, StaticVtep, Stats, api_request::Kind as Req,
-    api_response::Kind as Resp, command, response,
+    ApiRequest, ApiResponse, ApplyFailure, ErrorKind, NamesRequest, RemoveHost, RemoveNetwork,
+    Response, api_request::Kind as Req, api_response::Kind as Resp, command, response,
 };
 
 use super::admission::{
     ByteBudget, Handover, Limits, MAX_CAPTURES, MAX_CONNECTIONS, MAX_REQUEST_BYTES, Reservation,
     flush_warnings,
 };
-use super::{Agent, SubmitError, random_id, unix_ms};
+use super::{Agent, SubmitError, queries, random_id, unix_ms};
 use crate::api::MAX_FRAME;
 use vxnet_proto::frame::{self, FrameError, INITIAL_BUFFER};
 
@@ -303,7 +300,7 @@ async fn read_request(
     Ok((request, reservation))
 }
 
-fn error(kind: ErrorKind, message: String) -> ApiResponse {
+pub(super) fn error(kind: ErrorKind, message: String) -> ApiResponse {
     ApiResponse {
         kind: Some(Resp::Error(ApplyFailure {
             kind: kind as i32,
@@ -346,8 +343,8 @@ async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
             create.created_unix_ms = unix_ms();
             from_submit(agent.submit(command::Kind::CreateNetwork(create)).await)
         }
-        Req::NetworkList(_) => networks(agent, &[]),
-        Req::NetworkInspect(NamesRequest { names }) => networks(agent, &names),
+        Req::NetworkList(_) => queries::networks(agent, &[]),
+        Req::NetworkInspect(NamesRequest { names }) => queries::networks(agent, &names),
         Req::NetworkRemove(NamesRequest { names }) => {
             let mut last = error(ErrorKind::Invalid, "no network given".into());
             for name in names {
@@ -459,7 +456,7 @@ async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
             agent.reconcile_once().await;
             from_submit(result)
         }
-        Req::ClusterMembers(_) => members(agent).await,
+        Req::ClusterMembers(_) => queries::members(agent).await,
         Req::ClusterLeave(_) => {
             let name = agent.config.name.clone();
             let result = agent
@@ -477,8 +474,10 @@ async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
         }
         Req::FdbAdd(add) => from_submit(agent.submit(command::Kind::AddStaticVtep(add)).await),
         Req::FdbRemove(rm) => from_submit(agent.submit(command::Kind::RemoveStaticVtep(rm)).await),
-        Req::FdbShow(NamesRequest { names }) => fdb_show(agent, names.first().map(String::as_str)),
-        Req::Stats(_) => stats(agent),
+        Req::FdbShow(NamesRequest { names }) => {
+            queries::fdb_show(agent, names.first().map(String::as_str))
+        }
+        Req::Stats(_) => queries::stats(agent),
         Req::Capture(_) => error(ErrorKind::Invalid, "capture is a streaming request".into()),
     }
 }
@@ -551,203 +550,6 @@ async fn stream_capture(
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-fn networks(agent: &Agent, names: &[String]) -> ApiResponse {
-    let state = Arc::clone(&agent.driver.view().state);
-    let mut list = NetworkList::default();
-    if names.is_empty() {
-        list.networks = state.networks().cloned().collect();
-    } else {
-        for name in names {
-            match state.resolve_network(name) {
-                Ok(network) => list.networks.push(network.clone()),
-                Err(_) => return error(ErrorKind::NotFound, format!("network {name} not found")),
-            }
-        }
-    }
-    list.endpoints = state
-        .endpoints()
-        .filter(|e| list.networks.iter().any(|n| n.id == e.network_id))
-        .cloned()
-        .collect();
-    ApiResponse {
-        kind: Some(Resp::Networks(list)),
-    }
-}
-
-/// How long `cluster members` waits for the leader's view of who is reachable.
-const REACH_WAIT: Duration = Duration::from_secs(1);
-
-async fn members(agent: &Agent) -> ApiResponse {
-    let view = agent.driver.view();
-    let roles: BTreeMap<u64, _> = view.members.iter().map(|m| (m.node_id, *m)).collect();
-    // A host connects only to the hosts it talks to (the leader; voters during elections),
-    // while the leader reaches every member: its view completes ours. Without an answer
-    // (no leader, an older leader, a partition) this host's own view stands.
-    let leader_addr = view
-        .leader_id
-        .filter(|&l| l != view.node_id)
-        .and_then(|l| view.state.hosts().find(|h| h.node_id == l))
-        .map(|h| h.peer_addr.clone());
-    let via_leader: BTreeSet<u64> = match leader_addr {
-        Some(addr) => agent
-            .transport
-            .reachable_via(&addr, REACH_WAIT)
-            .await
-            .map(|ids| ids.into_iter().collect())
-            .unwrap_or_default(),
-        None => BTreeSet::new(),
-    };
-    let members = view
-        .state
-        .hosts()
-        .map(|host| {
-            let status = roles.get(&host.node_id);
-            let role = match status.map(|s| s.role) {
-                Some(MemberRole::Voter) => "voter",
-                Some(MemberRole::Learner) => "learner",
-                None => "joining",
-            };
-            let reachable = host.node_id == view.node_id
-                || agent.transport.is_reachable(host.node_id)
-                || via_leader.contains(&host.node_id);
-            Member {
-                host: Some(host.clone()),
-                role: role.into(),
-                matched: status.and_then(|s| s.matched).unwrap_or(0),
-                reachable,
-            }
-        })
-        .collect();
-    ApiResponse {
-        kind: Some(Resp::Members(MemberList {
-            members,
-            leader_id: view.leader_id.unwrap_or(0),
-            term: view.term,
-            commit_index: view.commit_index,
-            applied_index: view.applied_index,
-        })),
-    }
-}
-
-/// This host's forwarding table as the data plane holds it, like `bridge fdb show`.
-fn fdb_show(agent: &Agent, network: Option<&str>) -> ApiResponse {
-    let view = agent.driver.view();
-    let state = &view.state;
-    let only_vni = match network.map(|n| state.resolve_network(n)) {
-        Some(Ok(net)) => Some(net.vni),
-        Some(Err(_)) => {
-            return error(
-                ErrorKind::NotFound,
-                format!("network {} not found", network.unwrap_or("")),
-            );
-        }
-        None => None,
-    };
-    let fib = agent.fib.load();
-    let mut entries = Vec::new();
-    let mut tables: Vec<_> = fib
-        .networks()
-        .filter(|t| only_vni.is_none_or(|v| v == t.vni()))
-        .collect();
-    tables.sort_by_key(|t| t.vni());
-    for table in tables {
-        let network_id = state
-            .networks()
-            .find(|n| n.vni == table.vni())
-            .map(|n| n.id.clone())
-            .unwrap_or_default();
-        let ip_of: BTreeMap<_, _> = table.neighbors().map(|(ip, mac)| (mac, ip)).collect();
-        let mut macs: Vec<_> = table.macs().collect();
-        macs.sort_by_key(|(mac, _)| *mac);
-        for (mac, location) in macs {
-            let (vtep, origin) = match location {
-                MacLocation::Local => (String::new(), "local".to_string()),
-                MacLocation::Remote(vtep) => {
-                    let mac_text = mac.to_string();
-                    let origin = state
-                        .endpoints()
-                        .find(|e| e.vni == table.vni() && e.mac == mac_text)
-                        .map(|e| format!("endpoint:{}", e.host))
-                        .unwrap_or_else(|| "static".into());
-                    (vtep.to_string(), origin)
-                }
-            };
-            entries.push(StaticVtep {
-                network_id: network_id.clone(),
-                vtep,
-                mac: mac.to_string(),
-                ipv4: ip_of.get(&mac).map(|ip| ip.to_string()).unwrap_or_default(),
-                vni: table.vni(),
-                origin,
-            });
-        }
-        for vtep in table.flood_list() {
-            entries.push(StaticVtep {
-                network_id: network_id.clone(),
-                vtep: vtep.to_string(),
-                vni: table.vni(),
-                origin: "flood".into(),
-                ..StaticVtep::default()
-            });
-        }
-    }
-    ApiResponse {
-        kind: Some(Resp::Fdb(FdbList { entries })),
-    }
-}
-
-/// The name of the network with VNI `vni`, or the VNI itself while the state has none (a network
-/// being removed): how `stats` and the metrics label per-network counters.
-pub(crate) fn network_name(state: &vxnet_controlplane::State, vni: u32) -> String {
-    state
-        .networks()
-        .find(|n| n.vni == vni)
-        .map(|n| n.name.clone())
-        .unwrap_or_else(|| vni.to_string())
-}
-
-fn stats(agent: &Agent) -> ApiResponse {
-    let mut counters = BTreeMap::new();
-    for (reason, count) in agent.stats.snapshot() {
-        counters.insert(format!("drop.{reason}"), count);
-    }
-    for (call, count) in agent.stats.io_errors() {
-        counters.insert(format!("io_error.{call}"), count);
-    }
-    let view = agent.driver.view();
-    let fib = agent.fib.load();
-    for table in fib.networks() {
-        let name = network_name(&view.state, table.vni());
-        let c = table.counters().read();
-        counters.insert(format!("net.{name}.rx_packets"), c.rx_packets);
-        counters.insert(format!("net.{name}.rx_bytes"), c.rx_bytes);
-        counters.insert(format!("net.{name}.tx_packets"), c.tx_packets);
-        counters.insert(format!("net.{name}.tx_bytes"), c.tx_bytes);
-        counters.insert(format!("net.{name}.arp_nd_suppressed"), c.suppressed);
-        counters.insert(
-            format!("net.{name}.tap_queue_drops"),
-            super::links::tap_queue_drops(table.vni()),
-        );
-    }
-    counters.insert("fib.mac_entries".into(), fib.mac_count() as u64);
-    counters.insert("raft.term".into(), view.term);
-    counters.insert("raft.commit_index".into(), view.commit_index);
-    counters.insert("raft.applied_index".into(), view.applied_index);
-    counters.insert("raft.leader_id".into(), view.leader_id.unwrap_or(0));
-    // This server runs only once the agent is ready; while starting, `starting` answers 0.
-    counters.insert("agent.ready".into(), 1);
-    let health = agent.driver.health();
-    counters.insert(
-        "storage.writable".into(),
-        u64::from(!health.storage_failed()),
-    );
-    counters.insert("storage.failures".into(), health.storage_failures());
-    counters.insert("storage.recoveries".into(), health.storage_recoveries());
-    ApiResponse {
-        kind: Some(Resp::Stats(Stats { counters })),
-    }
 }
 
 #[cfg(test)]

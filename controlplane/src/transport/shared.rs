@@ -54,6 +54,20 @@ pub(super) struct Reach {
     pub(super) last_unreachable_ms: AtomicU64,
 }
 
+impl Reach {
+    /// Our last write to the peer succeeded, or an inbound connection from it carried a frame
+    /// within [`REACHABLE_WINDOW_MS`] of `now_ms`.
+    fn is_live(&self, now_ms: u64) -> bool {
+        if self.write_ok.load(Ordering::Relaxed) {
+            return true;
+        }
+        let last = self.last_recv_ms.load(Ordering::Relaxed);
+        self.inbound_conns.load(Ordering::Relaxed) > 0
+            && last != 0
+            && now_ms.saturating_sub(last) <= REACHABLE_WINDOW_MS
+    }
+}
+
 /// State shared by the handle and all tasks.
 pub(super) struct Core {
     pub(super) local_addr: SocketAddr,
@@ -119,24 +133,18 @@ impl Core {
     /// Whether we hold a working connection to node `id`: our last write to it succeeded, or an
     /// inbound connection from it carried a frame within [`REACHABLE_WINDOW_MS`].
     pub(super) fn is_reachable(&self, id: u64) -> bool {
-        let Some(reach) = lock(&self.reach).get(&id).cloned() else {
-            return false;
-        };
-        if reach.write_ok.load(Ordering::Relaxed) {
-            return true;
-        }
-        let last = reach.last_recv_ms.load(Ordering::Relaxed);
-        reach.inbound_conns.load(Ordering::Relaxed) > 0
-            && last != 0
-            && self.now_ms().saturating_sub(last) <= REACHABLE_WINDOW_MS
+        lock(&self.reach)
+            .get(&id)
+            .is_some_and(|reach| reach.is_live(self.now_ms()))
     }
 
     /// Every node id [`Core::is_reachable`] says yes to, and ours, ascending.
     pub(super) fn reachable_ids(&self) -> Vec<u64> {
-        let ids: Vec<u64> = lock(&self.reach).keys().copied().collect();
-        let mut out: Vec<u64> = ids
-            .into_iter()
-            .filter(|&id| self.is_reachable(id))
+        let now = self.now_ms();
+        let mut out: Vec<u64> = lock(&self.reach)
+            .iter()
+            .filter(|(_, reach)| reach.is_live(now))
+            .map(|(&id, _)| id)
             .chain(Some(self.node_id()).filter(|&me| me != 0))
             .collect();
         out.sort_unstable();

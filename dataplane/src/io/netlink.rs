@@ -151,7 +151,7 @@ pub struct Netlink {
     handle: rtnetlink::Handle,
 }
 
-fn errno_of(err: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno_of(err: &rtnetlink::Error) -> Option<i32> {
     match err {
         rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get().abs()),
         _ => None,

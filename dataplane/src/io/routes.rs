@@ -11,7 +11,7 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
-use super::netlink::{LinkRef, Netlink};
+use super::netlink::{LinkRef, Netlink, errno_of};
 use super::{IoError, Result};
 
 /// The route protocol number marking vxnet's routes (`ip route show proto 86`).
@@ -26,13 +26,6 @@ pub struct Route4 {
     pub prefix_len: u8,
     /// Next hop, if any.
     pub gateway: Option<Ipv4Addr>,
-}
-
-fn errno_of(err: &rtnetlink::Error) -> Option<i32> {
-    match err {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get().abs()),
-        _ => None,
-    }
 }
 
 fn route4_of(msg: &RouteMessage) -> Option<Route4> {

@@ -78,22 +78,23 @@ pub fn egress(topo: &Topo, secs: u32) -> Result<Figures> {
         return Ok(Figures::new());
     };
     let mut figures = Figures::new();
-    for (prefix, from) in [
-        ("egress_container_", &topo.containers[0]),
-        ("egress_host_", &topo.hosts[0]),
-    ] {
+    let sources = [
+        (
+            &topo.containers[0],
+            "egress_container_gbps",
+            "egress_container_cpu_machine_busy_s_per_gb",
+        ),
+        (
+            &topo.hosts[0],
+            "egress_host_gbps",
+            "egress_host_cpu_machine_busy_s_per_gb",
+        ),
+    ];
+    for (from, gbps, cpu) in sources {
         let m = iperf_between(topo, from, outside, crate::topology::OUTSIDE_IP, 1, secs)?;
-        for key in ["gbps", "cpu_machine_busy_s_per_gb"] {
+        for (key, name) in [("gbps", gbps), ("cpu_machine_busy_s_per_gb", cpu)] {
             if let Some(&v) = m.get(key) {
-                figures.insert(
-                    match (prefix, key) {
-                        ("egress_container_", "gbps") => "egress_container_gbps",
-                        ("egress_container_", _) => "egress_container_cpu_machine_busy_s_per_gb",
-                        (_, "gbps") => "egress_host_gbps",
-                        _ => "egress_host_cpu_machine_busy_s_per_gb",
-                    },
-                    v,
-                );
+                figures.insert(name, v);
             }
         }
     }
