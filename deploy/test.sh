@@ -6,9 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A tool on PATH, or in an sbin directory (dockerd is in /usr/sbin, on root's PATH only).
+have() {
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+# dockerd and busybox-static: the Docker plugin tests (tests/it/docker.rs) run real daemons with
+# an offline image made of the static busybox. Without dockerd they print "skipped" and pass;
+# without a static /bin/busybox they fail, saying so.
 need_pkgs=()
-for tool in ip:iproute2 ping:iputils-ping nc:netcat-openbsd tcpdump:tcpdump tshark:tshark iperf3:iperf3 ethtool:ethtool python3:python3 nft:nftables; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || need_pkgs+=("${tool#*:}")
+for tool in ip:iproute2 ping:iputils-ping nc:netcat-openbsd tcpdump:tcpdump tshark:tshark iperf3:iperf3 ethtool:ethtool python3:python3 nft:nftables dockerd:docker.io busybox:busybox-static; do
+  have "${tool%%:*}" || need_pkgs+=("${tool#*:}")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

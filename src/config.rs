@@ -43,6 +43,8 @@ pub struct Settings {
     pub offload: Option<Offload>,
     /// `--busy-poll` (microseconds).
     pub busy_poll: Option<u64>,
+    /// `--docker-plugin` (socket path).
+    pub docker_plugin: Option<PathBuf>,
 }
 
 /// `--offload on|off`.
@@ -118,6 +120,7 @@ impl Settings {
             metrics: self.metrics.or(file.metrics),
             offload: self.offload.or(file.offload),
             busy_poll: self.busy_poll.or(file.busy_poll),
+            docker_plugin: self.docker_plugin.or(file.docker_plugin),
         }
     }
 
@@ -155,6 +158,7 @@ impl Settings {
                 vxnet_dataplane::io::DEFAULT_BUSY_POLL,
                 std::time::Duration::from_micros,
             ),
+            docker_plugin: self.docker_plugin,
         })
     }
 }

@@ -13,9 +13,10 @@ use std::net::Ipv4Addr;
 
 use prost::Message as _;
 use vxnet_proto::{
-    AddStaticVtep, ApplyFailure, CreateNetwork, DedupEntry, DisconnectEndpoint, Empty, Endpoint,
-    ErrorKind, Host, Network, Proposal, RegisterHost, RemoveStaticVtep, Response, StateSnapshot,
-    StaticVtep, command, dedup_entry, response,
+    AddStaticVtep, ApplyFailure, AttachDockerNetwork, CreateNetwork, DedupEntry,
+    DetachDockerNetwork, DisconnectEndpoint, DockerNetwork, Empty, Endpoint, ErrorKind, Host,
+    Network, Proposal, RegisterHost, ReleaseAddress, RemoveStaticVtep, ReportLevel, Reservation,
+    ReserveAddress, Response, StateSnapshot, StaticVtep, command, dedup_entry, response,
 };
 
 /// How many (request id → outcome) pairs are remembered for retries.
@@ -29,6 +30,11 @@ pub const DEFAULT_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 20, 0, 0), 16);
 /// Prefix length of subnets carved from the default pool.
 pub const DEFAULT_SUBNET_PREFIX: u8 = 24;
 const SNAPSHOT_VERSION: u32 = 1;
+/// The command level this build applies (see `Host.level`): 1 added Docker networks, address
+/// reservations, runtime-attached endpoints and level reports.
+pub const APPLY_LEVEL: u32 = 1;
+/// The endpoint runtime whose interface dockerd moves into the sandbox.
+pub const RUNTIME_DOCKER: &str = "docker";
 
 /// A command refused by the state machine. Deterministic: every replica refuses alike, and the
 /// refusal is remembered for retries like a success.
@@ -100,6 +106,14 @@ pub enum Update {
     StaticVtepAdded(StaticVtep),
     /// A static VTEP entry was removed.
     StaticVtepRemoved(StaticVtep),
+    /// A network's record changed in place (its Docker networks).
+    NetworkChanged(Network),
+    /// A host's record changed in place (its level).
+    HostChanged(Host),
+    /// An address was reserved.
+    ReservationAdded(Reservation),
+    /// A reservation was released.
+    ReservationRemoved(Reservation),
 }
 
 /// An IPv4 CIDR block.
@@ -122,7 +136,8 @@ impl Cidr {
         }
         Some(Cidr::new(u32::from(addr), prefix))
     }
-    fn new(addr: u32, prefix: u8) -> Cidr {
+    /// The block of `prefix` bits containing `addr`.
+    pub fn new(addr: u32, prefix: u8) -> Cidr {
         let c = Cidr { addr: 0, prefix };
         Cidr {
             addr: addr & c.mask(),
@@ -214,6 +229,8 @@ struct NetState {
     reserved: BTreeSet<u32>,
     used: BTreeMap<u32, Holder>,
     endpoints: BTreeMap<String, Endpoint>,
+    /// Runtime reservations by address (an endpoint of the same host may use its own).
+    reservations: BTreeMap<u32, Reservation>,
 }
 
 impl NetState {
@@ -272,6 +289,7 @@ impl NetState {
             reserved,
             used: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            reservations: BTreeMap::new(),
         })
     }
 
@@ -286,11 +304,16 @@ impl NetState {
         let (lo, hi) = self.pool;
         let cur = self.info.ipam_cursor;
         let start = if (lo..hi).contains(&cur) { cur + 1 } else { lo };
-        let free = |ip: &u32| !self.reserved.contains(ip) && !self.used.contains_key(ip);
+        let free = |ip: &u32| {
+            !self.reserved.contains(ip)
+                && !self.used.contains_key(ip)
+                && !self.reservations.contains_key(ip)
+        };
         (start..=hi).chain(lo..start).find(free)
     }
 
-    fn check_requested(&self, ip: u32) -> Result<(), ApplyError> {
+    /// Checks a requested address; `host`'s own reservation of it does not count as a conflict.
+    fn check_requested(&self, ip: u32, host: &str) -> Result<(), ApplyError> {
         let (lo, hi) = self.pool;
         if !(lo..=hi).contains(&ip) {
             return Err(ApplyError::invalid(format!(
@@ -315,7 +338,43 @@ impl NetState {
                 self.label()
             )));
         }
+        if let Some(r) = self.reservations.get(&ip)
+            && r.host != host
+        {
+            return Err(ApplyError::conflict(format!(
+                "address {} already in use in network {} (reserved by host {})",
+                ip_str(ip),
+                self.label(),
+                r.host
+            )));
+        }
         Ok(())
+    }
+
+    /// The requested address (checked; `claimant`'s own reservation of it is no conflict), or
+    /// the next free one, moving the cursor.
+    fn allocate(&mut self, requested: Option<&str>, claimant: &str) -> Result<u32, ApplyError> {
+        if let Some(r) = requested {
+            let ip = parse_ipv4(r, "requested")?;
+            self.check_requested(ip, claimant)?;
+            return Ok(ip);
+        }
+        let ip = self.next_free().ok_or_else(|| {
+            ApplyError::exhausted(format!(
+                "no available IPv4 addresses on this network's address pools: {}",
+                self.label()
+            ))
+        })?;
+        self.info.ipam_cursor = ip;
+        Ok(ip)
+    }
+
+    /// The Docker network of `host` with id `docker_id`, if attached here.
+    fn docker_position(&self, host: &str, docker_id: &str) -> Option<usize> {
+        self.info
+            .docker_networks
+            .iter()
+            .position(|d| d.host == host && d.network_id == docker_id)
     }
 }
 
@@ -444,6 +503,18 @@ impl State {
                 response::Kind::StaticVtepRemoved(self.remove_static(c, up)?)
             }
             command::Kind::Noop(_) => response::Kind::Noop(Empty {}),
+            command::Kind::AttachDockerNetwork(c) => {
+                response::Kind::DockerNetworkAttached(self.attach_docker(index, c, up)?)
+            }
+            command::Kind::DetachDockerNetwork(c) => self.detach_docker(c, up)?,
+            command::Kind::ReserveAddress(c) => {
+                response::Kind::AddressReserved(self.reserve(index, c, up)?)
+            }
+            command::Kind::ReleaseAddress(c) => self.release(c, up)?,
+            command::Kind::ReportLevel(c) => {
+                self.report_level(c, up)?;
+                response::Kind::Noop(Empty {})
+            }
         };
         Ok(Response { kind: Some(kind) })
     }
@@ -525,6 +596,8 @@ impl State {
             created_unix_ms: c.created_unix_ms,
             created_index: index,
             ipam_cursor: 0,
+            docker_networks: Vec::new(),
+            created_by_docker: false,
         };
         let st = NetState::from_record(info.clone())?;
         self.names.insert(info.name.clone(), info.id.clone());
@@ -590,6 +663,22 @@ impl State {
                 ),
             ));
         }
+        if !st.info.docker_networks.is_empty() {
+            let hosts: BTreeSet<&str> = st
+                .info
+                .docker_networks
+                .iter()
+                .map(|d| d.host.as_str())
+                .collect();
+            return Err(ApplyError::new(
+                ErrorKind::InUse,
+                format!(
+                    "error while removing network: network {} is used by Docker on {} (remove it there with docker network rm)",
+                    st.label(),
+                    hosts.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
         let keys: Vec<_> = self
             .static_vteps
             .keys()
@@ -607,6 +696,12 @@ impl State {
             )));
         };
         self.names.remove(&st.info.name);
+        up.extend(
+            st.reservations
+                .values()
+                .cloned()
+                .map(Update::ReservationRemoved),
+        );
         up.push(Update::NetworkRemoved(st.info.clone()));
         Ok(st.info)
     }
@@ -692,23 +787,12 @@ impl State {
                 c.endpoint_id, st.info.name
             )));
         }
-        let ip = match &c.requested_ipv4 {
-            Some(r) => {
-                let ip = parse_ipv4(r, "requested")?;
-                st.check_requested(ip)?;
-                ip
-            }
-            None => {
-                let ip = st.next_free().ok_or_else(|| {
-                    ApplyError::exhausted(format!(
-                        "no available IPv4 addresses on this network's address pools: {}",
-                        st.label()
-                    ))
-                })?;
-                st.info.ipam_cursor = ip;
-                ip
-            }
+        let claimant = if c.runtime.is_empty() {
+            ""
+        } else {
+            host.name.as_str()
         };
+        let ip = st.allocate(c.requested_ipv4.as_deref(), claimant)?;
         let ep = Endpoint {
             id: c.endpoint_id.clone(),
             network_id: net_id,
@@ -722,6 +806,7 @@ impl State {
             mac: mac_from_ipv4(Ipv4Addr::from(ip)),
             vni: st.info.vni,
             created_index: index,
+            runtime: c.runtime.clone(),
         };
         st.used.insert(ip, Holder::Endpoint(ep.id.clone()));
         st.endpoints.insert(ep.id.clone(), ep.clone());
@@ -741,15 +826,20 @@ impl State {
                 c.network
             )));
         };
-        let Some(ep) = st
-            .endpoints
-            .values()
-            .find(|e| e.sandbox == c.sandbox)
-            .cloned()
-        else {
+        let found = if c.endpoint_id.is_empty() {
+            st.endpoints.values().find(|e| e.sandbox == c.sandbox)
+        } else {
+            st.endpoints.get(&c.endpoint_id)
+        };
+        let Some(ep) = found.cloned() else {
+            let what = if c.endpoint_id.is_empty() {
+                format!("container {}", c.sandbox)
+            } else {
+                format!("endpoint {}", short_id(&c.endpoint_id))
+            };
             return Err(ApplyError::not_found(format!(
-                "container {} is not connected to network {}",
-                c.sandbox, st.info.name
+                "{what} is not connected to network {}",
+                st.info.name
             )));
         };
         if !c.force && !c.host.is_empty() && ep.host != c.host {
@@ -760,6 +850,16 @@ impl State {
         }
         Self::drop_endpoint(st, &ep);
         up.push(Update::EndpointRemoved(ep.clone()));
+        if c.release_address
+            && let Ok(ip) = ep.ipv4.parse::<Ipv4Addr>()
+            && st
+                .reservations
+                .get(&u32::from(ip))
+                .is_some_and(|r| r.host == ep.host)
+            && let Some(r) = st.reservations.remove(&u32::from(ip))
+        {
+            up.push(Update::ReservationRemoved(r));
+        }
         Ok(ep)
     }
 
@@ -768,6 +868,211 @@ impl State {
         if let Ok(ip) = ep.ipv4.parse::<Ipv4Addr>() {
             st.used.remove(&u32::from(ip));
         }
+    }
+
+    // ----- runtimes (Docker networks, address reservations) -----------------------------------
+
+    /// Attaches one daemon's Docker network to the network named `c.network.name`, creating it
+    /// when it does not exist. An existing network must match what was asked (subnet, gateway,
+    /// VNI, internal), so that every daemon hands out addresses of the same subnet.
+    fn attach_docker(
+        &mut self,
+        index: u64,
+        c: &AttachDockerNetwork,
+        up: &mut Vec<Update>,
+    ) -> Result<Network, ApplyError> {
+        let Some(want) = &c.network else {
+            return Err(ApplyError::invalid("no network given"));
+        };
+        if !self.hosts.contains_key(&c.host) {
+            return Err(ApplyError::not_found(format!(
+                "host {} is not a member of the cluster",
+                c.host
+            )));
+        }
+        if !is_hex_id(&c.docker_network_id) {
+            return Err(ApplyError::invalid(format!(
+                "invalid Docker network id {:?}: want 64 lowercase hex characters",
+                c.docker_network_id
+            )));
+        }
+        let attachment = DockerNetwork {
+            host: c.host.clone(),
+            network_id: c.docker_network_id.clone(),
+        };
+        if let Some(st) = self
+            .networks
+            .values()
+            .find(|st| st.docker_position(&c.host, &c.docker_network_id).is_some())
+        {
+            if st.info.name == want.name {
+                // A retry: already attached.
+                return Ok(st.info.clone());
+            }
+            return Err(ApplyError::conflict(format!(
+                "Docker network {} of host {} is already attached to network {}",
+                short_id(&c.docker_network_id),
+                c.host,
+                st.info.name
+            )));
+        }
+        let Some(id) = self.names.get(&want.name).cloned() else {
+            let mut created = self.create_network(index, want, up)?;
+            let Some(st) = self.networks.get_mut(&created.id) else {
+                return Err(ApplyError::not_found(format!(
+                    "network {} not found",
+                    want.name
+                )));
+            };
+            st.info.docker_networks.push(attachment);
+            st.info.created_by_docker = true;
+            created = st.info.clone();
+            // The creation's update carries the record as it is now.
+            if let Some(Update::NetworkAdded(n)) = up.last_mut() {
+                *n = created.clone();
+            }
+            return Ok(created);
+        };
+        let Some(st) = self.networks.get_mut(&id) else {
+            return Err(ApplyError::not_found(format!(
+                "network {} not found",
+                want.name
+            )));
+        };
+        let name = &st.info.name;
+        if let Some(subnet) = &want.subnet
+            && Cidr::parse(subnet) != Some(st.subnet)
+        {
+            return Err(ApplyError::conflict(format!(
+                "network {name} exists with subnet {}, not {subnet}: ask for --subnet {}",
+                st.subnet, st.subnet
+            )));
+        }
+        if let Some(gateway) = &want.gateway
+            && *gateway != st.info.gateway
+        {
+            return Err(ApplyError::conflict(format!(
+                "network {name} exists with gateway {}, not {gateway}",
+                st.info.gateway
+            )));
+        }
+        if let Some(vni) = want.vni
+            && vni != st.info.vni
+        {
+            return Err(ApplyError::conflict(format!(
+                "network {name} exists with VNI {}, not {vni}",
+                st.info.vni
+            )));
+        }
+        if want.internal != st.info.internal {
+            return Err(ApplyError::conflict(format!(
+                "network {name} exists and is {}internal: {} --internal",
+                if st.info.internal { "" } else { "not " },
+                if st.info.internal { "add" } else { "drop" }
+            )));
+        }
+        st.info.docker_networks.push(attachment);
+        up.push(Update::NetworkChanged(st.info.clone()));
+        Ok(st.info.clone())
+    }
+
+    /// Detaches one daemon's Docker network. A network Docker created goes away with its last
+    /// Docker network (unless endpoints remain); one made with `vxnet network create` stays.
+    /// Detaching an unknown Docker network changes nothing (Docker retries removals).
+    fn detach_docker(
+        &mut self,
+        c: &DetachDockerNetwork,
+        up: &mut Vec<Update>,
+    ) -> Result<response::Kind, ApplyError> {
+        let found = self.networks.iter_mut().find_map(|(id, st)| {
+            st.docker_position(&c.host, &c.docker_network_id)
+                .map(|pos| (id.clone(), st, pos))
+        });
+        let Some((id, st, pos)) = found else {
+            return Ok(response::Kind::Noop(Empty {}));
+        };
+        st.info.docker_networks.remove(pos);
+        let remove = st.info.created_by_docker
+            && st.info.docker_networks.is_empty()
+            && st.endpoints.is_empty();
+        let info = st.info.clone();
+        if remove {
+            let removed = self.remove_network(&id, up)?;
+            return Ok(response::Kind::NetworkRemoved(removed));
+        }
+        up.push(Update::NetworkChanged(info.clone()));
+        Ok(response::Kind::DockerNetworkDetached(info))
+    }
+
+    /// Reserves an address for a host's runtime (its IPAM request comes before the endpoint).
+    fn reserve(
+        &mut self,
+        index: u64,
+        c: &ReserveAddress,
+        up: &mut Vec<Update>,
+    ) -> Result<Reservation, ApplyError> {
+        let net_id = self.resolve_net_state(&c.network)?.info.id.clone();
+        if !self.hosts.contains_key(&c.host) {
+            return Err(ApplyError::not_found(format!(
+                "host {} is not a member of the cluster",
+                c.host
+            )));
+        }
+        let Some(st) = self.networks.get_mut(&net_id) else {
+            return Err(ApplyError::not_found(format!(
+                "network {} not found",
+                c.network
+            )));
+        };
+        let ip = st.allocate(c.ipv4.as_deref(), "")?;
+        let r = Reservation {
+            network_id: net_id,
+            ipv4: ip_str(ip),
+            host: c.host.clone(),
+            created_index: index,
+        };
+        st.reservations.insert(ip, r.clone());
+        up.push(Update::ReservationAdded(r.clone()));
+        Ok(r)
+    }
+
+    /// Releases a host's reservation; one that is not there (or is another host's) is left
+    /// alone and the release answers `noop`.
+    fn release(
+        &mut self,
+        c: &ReleaseAddress,
+        up: &mut Vec<Update>,
+    ) -> Result<response::Kind, ApplyError> {
+        let net_id = self.resolve_net_state(&c.network)?.info.id.clone();
+        let ip = parse_ipv4(&c.ipv4, "released")?;
+        let Some(st) = self.networks.get_mut(&net_id) else {
+            return Ok(response::Kind::Noop(Empty {}));
+        };
+        // An address an endpoint uses is not released: the runtime deletes the endpoint before
+        // it releases the address, so such a release is a late one (a restarted runtime cleaning
+        // up) and the reservation now belongs to the endpoint's owner.
+        if st.reservations.get(&ip).is_none_or(|r| r.host != c.host) || st.used.contains_key(&ip) {
+            return Ok(response::Kind::Noop(Empty {}));
+        }
+        let Some(r) = st.reservations.remove(&ip) else {
+            return Ok(response::Kind::Noop(Empty {}));
+        };
+        up.push(Update::ReservationRemoved(r.clone()));
+        Ok(response::Kind::AddressReleased(r))
+    }
+
+    fn report_level(&mut self, c: &ReportLevel, up: &mut Vec<Update>) -> Result<(), ApplyError> {
+        let Some(host) = self.hosts.get_mut(&c.host) else {
+            return Err(ApplyError::not_found(format!(
+                "host {} is not a member of the cluster",
+                c.host
+            )));
+        };
+        if host.level != c.level {
+            host.level = c.level;
+            up.push(Update::HostChanged(host.clone()));
+        }
+        Ok(())
     }
 
     // ----- hosts ------------------------------------------------------------------------------
@@ -802,6 +1107,7 @@ impl State {
             underlay,
             peer_addr: c.peer_addr.clone(),
             registered_index: index,
+            level: 0,
         };
         self.next_node_id += 1;
         self.hosts.insert(host.name.clone(), host.clone());
@@ -825,6 +1131,22 @@ impl State {
             for ep in gone {
                 Self::drop_endpoint(st, &ep);
                 up.push(Update::EndpointRemoved(ep));
+            }
+            let held: Vec<u32> = st
+                .reservations
+                .iter()
+                .filter(|(_, r)| r.host == host.name)
+                .map(|(ip, _)| *ip)
+                .collect();
+            for ip in held {
+                if let Some(r) = st.reservations.remove(&ip) {
+                    up.push(Update::ReservationRemoved(r));
+                }
+            }
+            let before = st.info.docker_networks.len();
+            st.info.docker_networks.retain(|d| d.host != host.name);
+            if st.info.docker_networks.len() != before {
+                up.push(Update::NetworkChanged(st.info.clone()));
             }
         }
         up.push(Update::HostRemoved(host.clone()));
@@ -979,6 +1301,20 @@ impl State {
         self.static_vteps.values()
     }
 
+    /// All address reservations, by (network id, address).
+    pub fn reservations(&self) -> impl Iterator<Item = &Reservation> {
+        self.networks.values().flat_map(|n| n.reservations.values())
+    }
+
+    /// The lowest level any host applies (`APPLY_LEVEL` for an empty cluster).
+    pub fn cluster_level(&self) -> u32 {
+        self.hosts
+            .values()
+            .map(|h| h.level)
+            .min()
+            .unwrap_or(APPLY_LEVEL)
+    }
+
     /// The stored outcome of a request id, if still in the dedup window.
     pub fn dedup_lookup(&self, request_id: &[u8]) -> Option<&ApplyResult> {
         self.dedup.get(request_id)
@@ -1012,9 +1348,16 @@ impl State {
                 .map(|(k, n)| (k.clone(), n.info.clone()))
                 .collect()
         };
+        let res = |s: &State| -> BTreeMap<(String, String), Reservation> {
+            s.reservations()
+                .map(|r| ((r.network_id.clone(), r.ipv4.clone()), r.clone()))
+                .collect()
+        };
+        let (or, nr) = (res(old), res(new));
         let (oe, ne) = (eps(old), eps(new));
         let (on, nn) = (nets(old), nets(new));
         let mut up = Vec::new();
+        up.extend(changed(&or, &nr).cloned().map(Update::ReservationRemoved));
         up.extend(changed(&oe, &ne).cloned().map(Update::EndpointRemoved));
         up.extend(
             changed(&old.static_vteps, &new.static_vteps)
@@ -1039,6 +1382,7 @@ impl State {
                 .map(Update::StaticVtepAdded),
         );
         up.extend(changed(&ne, &oe).cloned().map(Update::EndpointAdded));
+        up.extend(changed(&nr, &or).cloned().map(Update::ReservationAdded));
         up
     }
 
@@ -1072,6 +1416,7 @@ impl State {
                     })
                 })
                 .collect(),
+            reservations: self.reservations().cloned().collect(),
         }
     }
 
@@ -1134,6 +1479,19 @@ impl State {
                 sv.ipv4.clone(),
             );
             st.static_vteps.insert(key, sv.clone());
+        }
+        for r in &s.reservations {
+            let ns = st
+                .networks
+                .get_mut(&r.network_id)
+                .ok_or_else(|| bad("reservation of unknown network".into()))?;
+            let ip: Ipv4Addr = r
+                .ipv4
+                .parse()
+                .map_err(|_| bad(format!("reservation {} is not an address", r.ipv4)))?;
+            if ns.reservations.insert(u32::from(ip), r.clone()).is_some() {
+                return Err(bad(format!("address {ip} reserved twice")));
+            }
         }
         for d in &s.dedup {
             let r = match &d.outcome {
@@ -1239,8 +1597,193 @@ mod tests {
                 sandbox: sb.into(),
                 host: "h1".into(),
                 force: false,
+                ..Default::default()
             }));
         }
+    }
+
+    fn attach(host: &str, docker: u64, name: &str, subnet: &str) -> command::Kind {
+        command::Kind::AttachDockerNetwork(AttachDockerNetwork {
+            host: host.into(),
+            docker_network_id: hex(docker),
+            network: Some(CreateNetwork {
+                name: name.into(),
+                subnet: Some(subnet.into()),
+                id: hex(docker),
+                ..Default::default()
+            }),
+        })
+    }
+    fn reserve(host: &str, ip: Option<&str>) -> command::Kind {
+        command::Kind::ReserveAddress(ReserveAddress {
+            network: "prod".into(),
+            host: host.into(),
+            ipv4: ip.map(String::from),
+        })
+    }
+    fn reserved(t: &mut T, host: &str, ip: Option<&str>) -> String {
+        match t.ok(reserve(host, ip)) {
+            response::Kind::AddressReserved(r) => r.ipv4,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn docker_networks_share_one_network_and_go_with_the_last() {
+        let mut t = T::new();
+        t.ok(command::Kind::RegisterHost(host("h2", "192.168.0.2")));
+        let first = t.ok(attach("h1", 100, "prod", "10.30.0.0/24"));
+        let response::Kind::DockerNetworkAttached(n) = first else {
+            panic!("{first:?}")
+        };
+        assert!(n.created_by_docker);
+        assert_eq!(n.id, hex(100));
+        // The second daemon asks for the same subnet: same network.
+        t.ok(attach("h2", 200, "prod", "10.30.0.0/24"));
+        // A retry is harmless; another subnet for the name is a clear error.
+        t.ok(attach("h2", 200, "prod", "10.30.0.0/24"));
+        let e = t.err(attach("h2", 201, "prod", "10.31.0.0/24"));
+        assert!(e.message.contains("10.30.0.0/24"), "{e}");
+        let prod = t.s.resolve_network("prod").unwrap().clone();
+        assert_eq!(prod.docker_networks.len(), 2);
+        // The CLI cannot remove it while Docker uses it.
+        let e = t.err(command::Kind::RemoveNetwork(RemoveNetwork {
+            name_or_id: "prod".into(),
+        }));
+        assert!(e.message.contains("docker network rm"), "{e}");
+        let detach = |h: &str, d: u64| {
+            command::Kind::DetachDockerNetwork(DetachDockerNetwork {
+                host: h.into(),
+                docker_network_id: hex(d),
+            })
+        };
+        assert!(matches!(
+            t.ok(detach("h1", 100)),
+            response::Kind::DockerNetworkDetached(_)
+        ));
+        assert!(matches!(
+            t.ok(detach("h2", 200)),
+            response::Kind::NetworkRemoved(_)
+        ));
+        assert!(t.s.resolve_network("prod").is_err());
+        // Unknown ones change nothing.
+        assert!(matches!(t.ok(detach("h2", 200)), response::Kind::Noop(_)));
+    }
+
+    #[test]
+    fn a_cli_network_stays_when_docker_stops_using_it() {
+        let mut t = T::new();
+        let mut create = net("cli1", 1);
+        create.subnet = Some("10.32.0.0/24".into());
+        t.ok(command::Kind::CreateNetwork(create));
+        t.ok(attach("h1", 100, "cli1", "10.32.0.0/24"));
+        t.ok(command::Kind::DetachDockerNetwork(DetachDockerNetwork {
+            host: "h1".into(),
+            docker_network_id: hex(100),
+        }));
+        let n = t.s.resolve_network("cli1").unwrap();
+        assert!(n.docker_networks.is_empty() && !n.created_by_docker);
+    }
+
+    #[test]
+    fn reservations_keep_addresses_apart_across_hosts() {
+        let mut t = T::new();
+        t.ok(command::Kind::RegisterHost(host("h2", "192.168.0.2")));
+        t.ok(attach("h1", 100, "prod", "10.30.0.0/29"));
+        let a = reserved(&mut t, "h1", None);
+        let b = reserved(&mut t, "h2", None);
+        assert_ne!(a, b);
+        // Another host cannot take h1's address, by reservation or by endpoint.
+        let e = t.err(reserve("h2", Some(&a)));
+        assert!(e.message.contains("already in use"), "{e}");
+        let mut c = conn("prod", "h2", "x", 7);
+        c.requested_ipv4 = Some(a.clone());
+        c.runtime = RUNTIME_DOCKER.into();
+        t.err(command::Kind::ConnectEndpoint(c));
+        // A CLI endpoint of the same host cannot take it either; h1's runtime endpoint can.
+        let mut c = conn("prod", "h1", "y", 8);
+        c.requested_ipv4 = Some(a.clone());
+        t.err(command::Kind::ConnectEndpoint(c.clone()));
+        c.runtime = RUNTIME_DOCKER.into();
+        let response::Kind::EndpointConnected(ep) = t.ok(command::Kind::ConnectEndpoint(c)) else {
+            panic!()
+        };
+        assert_eq!(ep.ipv4, a);
+        // A release while an endpoint uses the address is a late one: nothing happens.
+        assert!(matches!(
+            t.ok(command::Kind::ReleaseAddress(ReleaseAddress {
+                network: "prod".into(),
+                host: "h1".into(),
+                ipv4: a.clone(),
+            })),
+            response::Kind::Noop(_)
+        ));
+        // Removing the endpoint keeps the reservation until it is released.
+        t.ok(command::Kind::DisconnectEndpoint(DisconnectEndpoint {
+            network: "prod".into(),
+            host: "h1".into(),
+            endpoint_id: ep.id.clone(),
+            ..Default::default()
+        }));
+        assert_eq!(t.s.reservations().count(), 2);
+        let release = |h: &str, ip: &str| {
+            command::Kind::ReleaseAddress(ReleaseAddress {
+                network: "prod".into(),
+                host: h.into(),
+                ipv4: ip.into(),
+            })
+        };
+        // Only the holder releases it.
+        assert!(matches!(t.ok(release("h2", &a)), response::Kind::Noop(_)));
+        assert!(matches!(
+            t.ok(release("h1", &a)),
+            response::Kind::AddressReleased(_)
+        ));
+        // The pool is small (/29: 5 usable after the gateway): it runs out with a clear error.
+        for _ in 0..4 {
+            reserved(&mut t, "h1", None);
+        }
+        let e = t.err(reserve("h1", None));
+        assert_eq!(e.kind, ErrorKind::Exhausted);
+        // Removing a host frees its reservations; snapshots carry them.
+        let restored = State::from_snapshot_bytes(&t.s.to_snapshot_bytes()).unwrap();
+        assert_eq!(restored, t.s);
+        t.ok(command::Kind::RemoveHost(RemoveHost { name: "h2".into() }));
+        assert!(t.s.reservations().all(|r| r.host == "h1"));
+    }
+
+    #[test]
+    fn a_vanished_runtime_endpoint_takes_its_reservation_along() {
+        let mut t = T::new();
+        t.ok(attach("h1", 100, "prod", "10.30.0.0/24"));
+        let a = reserved(&mut t, "h1", None);
+        let mut c = conn("prod", "h1", "docker:1", 9);
+        c.requested_ipv4 = Some(a);
+        c.runtime = RUNTIME_DOCKER.into();
+        t.ok(command::Kind::ConnectEndpoint(c));
+        t.ok(command::Kind::DisconnectEndpoint(DisconnectEndpoint {
+            network: "prod".into(),
+            host: "h1".into(),
+            endpoint_id: hex(9),
+            force: true,
+            release_address: true,
+            ..Default::default()
+        }));
+        assert_eq!(t.s.reservations().count(), 0);
+    }
+
+    #[test]
+    fn levels_are_recorded_and_the_lowest_counts() {
+        let mut t = T::new();
+        t.ok(command::Kind::RegisterHost(host("h2", "192.168.0.2")));
+        assert_eq!(t.s.cluster_level(), 0);
+        for h in ["h1", "h2"] {
+            t.ok(command::Kind::ReportLevel(ReportLevel {
+                host: h.into(),
+                level: APPLY_LEVEL,
+            }));
+        }
+        assert_eq!(t.s.cluster_level(), APPLY_LEVEL);
     }
 
     #[test]
@@ -1392,6 +1935,7 @@ mod tests {
             sandbox: "a".into(),
             host: "h2".into(),
             force: false,
+            ..Default::default()
         }));
         assert_eq!(e.kind, ErrorKind::Conflict);
     }
@@ -1501,6 +2045,7 @@ mod tests {
             sandbox: "a".into(),
             host: String::new(),
             force: false,
+            ..Default::default()
         }));
         let (r, up) = t.run(command::Kind::RemoveNetwork(RemoveNetwork {
             name_or_id: "n".into(),
@@ -1541,6 +2086,7 @@ mod tests {
                         sandbox: format!("s{s}"),
                         host: String::new(),
                         force: true,
+                        ..Default::default()
                     })
                 }),
                 (0u64..3).prop_map(|h| command::Kind::RegisterHost(host(

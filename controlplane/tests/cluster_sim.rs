@@ -28,7 +28,7 @@ use vxnet_controlplane::node::{Node, NodeConfig, discard_logger};
 use vxnet_controlplane::storage::{FaultPoint, StorageOptions, WriteFault};
 use vxnet_proto::{
     Command, ConnectEndpoint, CreateNetwork, DisconnectEndpoint, Empty, ErrorKind, Proposal,
-    RegisterHost, RemoveHost, command, response,
+    RegisterHost, RemoveHost, ReserveAddress, command, response,
 };
 
 /// Simulation steps per Raft tick (message latency is counted in steps).
@@ -64,11 +64,28 @@ impl Rng {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Register { host: String },
-    Remove { host: String },
-    Create { name: String },
-    Connect { net: String, sandbox: String },
-    Disconnect { net: String, sandbox: String },
+    Register {
+        host: String,
+    },
+    Remove {
+        host: String,
+    },
+    Create {
+        name: String,
+    },
+    Connect {
+        net: String,
+        sandbox: String,
+    },
+    Disconnect {
+        net: String,
+        sandbox: String,
+    },
+    /// A runtime's IPAM reserving an address on a host.
+    Reserve {
+        net: String,
+        host: String,
+    },
 }
 
 #[derive(Debug)]
@@ -231,8 +248,14 @@ impl Sim {
                     sandbox: sandbox.clone(),
                     host: String::new(),
                     force: true,
+                    ..Default::default()
                 })
             }
+            Kind::Reserve { net, host } => command::Kind::ReserveAddress(ReserveAddress {
+                network: net.clone(),
+                host: host.clone(),
+                ipv4: None,
+            }),
         };
         self.by_id.insert(id.clone(), self.reqs.len());
         self.reqs.push(Req {
@@ -445,6 +468,7 @@ impl Sim {
             .collect();
         let sb = match kind {
             Kind::Connect { sandbox, .. } | Kind::Disconnect { sandbox, .. } => sandbox,
+            Kind::Reserve { host, .. } => return removed.contains(host.as_str()),
             _ => return false,
         };
         self.reqs
@@ -509,10 +533,15 @@ impl Sim {
         if nets.is_empty() || (roll == 0 && nets.len() < 8) {
             let name = format!("net{}", self.next_req);
             self.submit(Kind::Create { name });
-        } else if roll < 8 {
+        } else if roll < 7 {
             let net = nets[self.rng.below(nets.len() as u64) as usize].clone();
             let sandbox = format!("c{}", self.next_req);
             self.submit(Kind::Connect { net, sandbox });
+        } else if roll == 7 {
+            let net = nets[self.rng.below(nets.len() as u64) as usize].clone();
+            let hosts: Vec<String> = self.host_of.values().cloned().collect();
+            let host = hosts[self.rng.below(hosts.len() as u64) as usize].clone();
+            self.submit(Kind::Reserve { net, host });
         } else {
             // Disconnect an acknowledged endpoint nobody is disconnecting yet.
             let gone: BTreeSet<String> = self
@@ -629,6 +658,14 @@ impl Sim {
             let eps = st.endpoints_of(&net.id).unwrap();
             let ips: BTreeSet<&str> = eps.iter().map(|e| e.ipv4.as_str()).collect();
             assert_eq!(ips.len(), eps.len(), "duplicate address in {}", net.name);
+            // Reservations hold addresses no (CLI) endpoint has.
+            for r in st.reservations().filter(|r| r.network_id == net.id) {
+                assert!(
+                    !ips.contains(r.ipv4.as_str()),
+                    "reserved address {} given to an endpoint",
+                    r.ipv4
+                );
+            }
         }
         // Every acknowledged write is present (unless acknowledged-removed later).
         let disconnected: BTreeSet<&str> = self
@@ -671,6 +708,13 @@ impl Sim {
                     assert_eq!(st.host(&h.name), Some(h));
                 }
                 response::Kind::HostRemoved(h) => assert!(st.host(&h.name).is_none()),
+                response::Kind::AddressReserved(r) if !removed.contains(r.host.as_str()) => {
+                    assert!(
+                        st.reservations().any(|x| x == r),
+                        "acknowledged reservation {} lost",
+                        r.ipv4
+                    );
+                }
                 _ => {}
             }
         }

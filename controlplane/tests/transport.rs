@@ -386,6 +386,7 @@ async fn join_and_forward_round_trips() {
                                 underlay: host.underlay,
                                 peer_addr: host.peer_addr,
                                 registered_index: 11,
+                                level: 0,
                             }],
                         })),
                     });

@@ -94,6 +94,26 @@ fn network() -> Network {
         created_unix_ms: 1_764_460_800_123,
         created_index: u64::MAX,
         ipam_cursor: u32::MAX,
+        // Fields added later stay at their defaults here, so the original rows keep their
+        // bytes; the `*.v2` cases below set them.
+        docker_networks: Vec::new(),
+        created_by_docker: false,
+    }
+}
+
+fn docker_network() -> DockerNetwork {
+    DockerNetwork {
+        host: "host-a".into(),
+        network_id: "7f1ea55d1bafd6f17b5a3d592756a2062814290f3f84608f95b346a72caf03f5".into(),
+    }
+}
+
+fn reservation() -> Reservation {
+    Reservation {
+        network_id: network().id,
+        ipv4: "10.20.0.9".into(),
+        host: "host-a".into(),
+        created_index: 77,
     }
 }
 
@@ -111,6 +131,7 @@ fn endpoint() -> Endpoint {
         mac: "02:42:0a:14:00:05".into(),
         vni: 4096,
         created_index: 300,
+        runtime: String::new(),
     }
 }
 
@@ -121,6 +142,7 @@ fn host() -> Host {
         underlay: "192.0.2.10".into(),
         peer_addr: "192.0.2.10:7946".into(),
         registered_index: 12,
+        level: 0,
     }
 }
 
@@ -168,6 +190,7 @@ fn connect() -> ConnectEndpoint {
         aliases: strings(&["web", "www"]),
         requested_ipv4: Some("10.20.0.5".into()),
         endpoint_id: endpoint().id,
+        runtime: String::new(),
     }
 }
 
@@ -177,6 +200,8 @@ fn disconnect() -> DisconnectEndpoint {
         sandbox: "c0ffee".into(),
         host: "host-a".into(),
         force: true,
+        endpoint_id: String::new(),
+        release_address: false,
     }
 }
 
@@ -218,7 +243,56 @@ fn responses() -> Vec<(&'static str, response::Kind)> {
         ("static_vtep_added", K::StaticVtepAdded(static_vtep())),
         ("static_vtep_removed", K::StaticVtepRemoved(static_vtep())),
         ("noop", K::Noop(Empty {})),
+        (
+            "docker_network_attached",
+            K::DockerNetworkAttached(network_v2()),
+        ),
+        (
+            "docker_network_detached",
+            K::DockerNetworkDetached(network_v2()),
+        ),
+        ("address_reserved", K::AddressReserved(reservation())),
+        ("address_released", K::AddressReleased(reservation())),
     ]
+}
+
+fn network_v2() -> Network {
+    Network {
+        docker_networks: vec![docker_network(), DockerNetwork::default()],
+        created_by_docker: true,
+        ..network()
+    }
+}
+
+fn attach_docker() -> AttachDockerNetwork {
+    AttachDockerNetwork {
+        host: "host-a".into(),
+        docker_network_id: docker_network().network_id,
+        network: Some(create_network()),
+    }
+}
+
+fn detach_docker() -> DetachDockerNetwork {
+    DetachDockerNetwork {
+        host: "host-a".into(),
+        docker_network_id: docker_network().network_id,
+    }
+}
+
+fn reserve() -> ReserveAddress {
+    ReserveAddress {
+        network: "frontend".into(),
+        host: "host-a".into(),
+        ipv4: Some("10.20.0.9".into()),
+    }
+}
+
+fn release() -> ReleaseAddress {
+    ReleaseAddress {
+        network: "frontend".into(),
+        host: "host-a".into(),
+        ipv4: "10.20.0.9".into(),
+    }
 }
 
 fn commands() -> Vec<(&'static str, command::Kind)> {
@@ -243,6 +317,23 @@ fn commands() -> Vec<(&'static str, command::Kind)> {
         ("add_static_vtep", K::AddStaticVtep(add_vtep())),
         ("remove_static_vtep", K::RemoveStaticVtep(remove_vtep())),
         ("noop", K::Noop(Empty {})),
+        (
+            "attach_docker_network",
+            K::AttachDockerNetwork(attach_docker()),
+        ),
+        (
+            "detach_docker_network",
+            K::DetachDockerNetwork(detach_docker()),
+        ),
+        ("reserve_address", K::ReserveAddress(reserve())),
+        ("release_address", K::ReleaseAddress(release())),
+        (
+            "report_level",
+            K::ReportLevel(ReportLevel {
+                host: "host-a".into(),
+                level: 1,
+            }),
+        ),
     ]
 }
 
@@ -351,6 +442,38 @@ fn all_cases() -> Cases {
                 },
                 DedupEntry::default(),
             ],
+            reservations: Vec::new(),
+        },
+    );
+    c.add(
+        "StateSnapshot.v2",
+        StateSnapshot {
+            version: 1,
+            networks: vec![network_v2()],
+            endpoints: vec![Endpoint {
+                runtime: "docker".into(),
+                ..endpoint()
+            }],
+            hosts: vec![Host { level: 1, ..host() }],
+            reservations: vec![reservation(), Reservation::default()],
+            ..Default::default()
+        },
+    );
+    c.add("Reservation", reservation());
+    c.add("DockerNetwork", docker_network());
+    c.add(
+        "ConnectEndpoint.v2",
+        ConnectEndpoint {
+            runtime: "docker".into(),
+            ..connect()
+        },
+    );
+    c.add(
+        "DisconnectEndpoint.v2",
+        DisconnectEndpoint {
+            endpoint_id: endpoint().id,
+            release_address: true,
+            ..disconnect()
         },
     );
 
@@ -542,6 +665,10 @@ fn all_cases() -> Cases {
     let names = NamesRequest {
         names: strings(&["frontend", "a1b2", ""]),
     };
+    let link = EndpointLink {
+        endpoint_id: endpoint().id,
+        interface_name: "vxcffeeddccbbaa".into(),
+    };
     let capture = CaptureRequest {
         network: "frontend".into(),
         count: 100,
@@ -574,6 +701,18 @@ fn all_cases() -> Cases {
             ("fdb_show", K::FdbShow(names.clone())),
             ("stats", K::Stats(Empty {})),
             ("capture", K::Capture(capture.clone())),
+            (
+                "docker_network_attach",
+                K::DockerNetworkAttach(attach_docker()),
+            ),
+            (
+                "docker_network_detach",
+                K::DockerNetworkDetach(detach_docker()),
+            ),
+            ("address_reserve", K::AddressReserve(reserve())),
+            ("address_release", K::AddressRelease(release())),
+            ("endpoint_link", K::EndpointLink(link.clone())),
+            ("endpoint_unlink", K::EndpointUnlink(link.clone())),
         ]
     };
     for (name, kind) in requests {
@@ -594,7 +733,15 @@ fn all_cases() -> Cases {
     let network_list = NetworkList {
         networks: vec![network()],
         endpoints: vec![endpoint(), Endpoint::default()],
+        reservations: Vec::new(),
     };
+    c.add(
+        "NetworkList.v2",
+        NetworkList {
+            reservations: vec![reservation()],
+            ..network_list.clone()
+        },
+    );
     let member = Member {
         host: Some(host()),
         role: "leader".into(),

@@ -222,6 +222,7 @@ mod tests {
                 sandbox: sandbox.into(),
                 host: host.into(),
                 force: false,
+                ..Default::default()
             }));
         }
     }

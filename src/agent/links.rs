@@ -7,6 +7,11 @@
 //! links of departed endpoints and networks are removed, and an endpoint whose sandbox vanished is
 //! disconnected through Raft.
 //!
+//! An endpoint attached through a runtime (Docker) gets its pair at the runtime's Join, with the
+//! container's end left in the agent's namespace for the runtime to move; the reconciler keeps
+//! its host end on the bridge and reports it when it is missing (never joined, or its sandbox
+//! died with the pair), so that the agent can remove it after a grace period.
+//!
 //! MTUs: the containers' ends and the bridge get the network MTU (underlay − 50). The TAP and
 //! the host ends of the veths get 65521 (a TAP's maximum), so that a frame larger than the network allows (a
 //! container whose MTU was raised by hand) still reaches the router, which drops it, counts it
@@ -18,10 +23,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vxnet_controlplane::state::State;
+use vxnet_controlplane::state::{RUNTIME_DOCKER, State};
 use vxnet_dataplane::fdb::{Fib, Vni, gateway_mac};
 use vxnet_dataplane::io::netlink::next_free_ifname_in_netns;
-use vxnet_dataplane::io::{DataPlane, IoError, LinkRef, Netlink, NetnsHandle, VethSpec};
+use vxnet_dataplane::io::{
+    DataPlane, IoError, LinkRef, Netlink, NetnsHandle, RuntimeVethSpec, VethSpec,
+};
 use vxnet_dataplane::wire::MacAddr;
 use vxnet_proto::{Endpoint, Network};
 
@@ -64,6 +71,9 @@ pub fn tap_queue_drops(vni: Vni) -> u64 {
 pub struct ReconcileReport {
     /// Endpoints whose sandbox no longer exists: the caller disconnects them through Raft.
     pub vanished: Vec<Endpoint>,
+    /// Runtime-attached endpoints without their pair (not joined yet, or their sandbox died):
+    /// the caller removes those that stay so past a grace period.
+    pub unlinked: Vec<Endpoint>,
     /// Errors met on the way (the next round tries again).
     pub errors: Vec<String>,
 }
@@ -105,6 +115,16 @@ impl Reconciler {
         let mut wanted_veths = BTreeSet::new();
         for endpoint in &local {
             wanted_veths.insert(host_veth_name(&endpoint.id));
+            if endpoint.runtime == RUNTIME_DOCKER {
+                match self.check_runtime_endpoint(endpoint).await {
+                    Ok(true) => {}
+                    Ok(false) => report.unlinked.push((*endpoint).clone()),
+                    Err(e) => report
+                        .errors
+                        .push(format!("endpoint {}: {e}", endpoint.name)),
+                }
+                continue;
+            }
             let network = state.networks().find(|n| n.id == endpoint.network_id);
             match self.ensure_endpoint(endpoint, network).await {
                 Ok(()) => {}
@@ -284,6 +304,83 @@ impl Reconciler {
             interface = peer_name,
             "link created"
         );
+        Ok(())
+    }
+
+    /// Keeps a runtime-attached endpoint's host end on its bridge; `false` when the pair is
+    /// missing.
+    async fn check_runtime_endpoint(&self, endpoint: &Endpoint) -> Result<bool, IoError> {
+        let Some(link) = self
+            .netlink
+            .link_by_name(&host_veth_name(&endpoint.id))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let bridge = self
+            .netlink
+            .link_by_name(&bridge_name(endpoint.vni))
+            .await?
+            .ok_or_else(|| IoError::NotFound(bridge_name(endpoint.vni)))?;
+        if link.controller != Some(bridge.index) {
+            self.netlink
+                .attach(LinkRef::Index(link.index), bridge.index, WIDE_MTU)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// Makes a runtime-attached endpoint's veth pair (its network's bridge and TAP first): the
+    /// host end on the bridge, the container end named `interface` with the endpoint's MAC and
+    /// the network MTU, left here for the runtime to move into the sandbox.
+    pub async fn link_runtime_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        network: &Network,
+        interface: &str,
+    ) -> Result<(), IoError> {
+        self.ensure_network(network).await?;
+        let bridge = self
+            .netlink
+            .link_by_name(&bridge_name(endpoint.vni))
+            .await?
+            .ok_or_else(|| IoError::NotFound(bridge_name(endpoint.vni)))?;
+        let mac: MacAddr = endpoint
+            .mac
+            .parse()
+            .map_err(|_| IoError::Invalid(format!("endpoint MAC {:?}", endpoint.mac)))?;
+        let host_name = host_veth_name(&endpoint.id);
+        let spec = RuntimeVethSpec {
+            host_name: &host_name,
+            bridge_index: bridge.index,
+            host_mtu: WIDE_MTU,
+            peer_name: interface,
+            mac: mac.0,
+            mtu: self.mtu,
+            gso_max_size: Some(vxnet_dataplane::offload::container_gso_max_size(self.mtu)),
+        };
+        self.netlink.create_veth_for_runtime(&spec).await?;
+        // Ports with a wider MTU would raise the bridge's: pin it to the network MTU.
+        self.netlink
+            .set_mtu(LinkRef::Index(bridge.index), self.mtu)
+            .await?;
+        tracing::info!(
+            endpoint = endpoint.name,
+            ip = endpoint.ipv4,
+            interface,
+            "link created for the runtime"
+        );
+        Ok(())
+    }
+
+    /// Deletes a runtime-attached endpoint's pair if it is still there (at Leave the runtime
+    /// has usually deleted the container's end, and the host end with it).
+    pub async fn unlink_runtime_endpoint(&self, endpoint_id: &str) -> Result<(), IoError> {
+        let host_name = host_veth_name(endpoint_id);
+        if self.netlink.link_by_name(&host_name).await?.is_some() {
+            self.netlink.delete_link(&host_name).await?;
+            tracing::info!(link = host_name, "link removed");
+        }
         Ok(())
     }
 

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod links;
 pub mod metrics;
 mod queries;
+pub mod runtimes;
 pub mod server;
 pub mod starting;
 
@@ -76,6 +77,8 @@ pub struct AgentConfig {
     pub offload: bool,
     /// How long a data plane worker keeps polling after its last packet before it sleeps.
     pub busy_poll: std::time::Duration,
+    /// Where to serve Docker's remote driver protocol, if anywhere.
+    pub docker_plugin: Option<PathBuf>,
 }
 
 /// Why the agent could not start or had to stop.
@@ -167,6 +170,8 @@ pub struct Agent {
     pub started: Instant,
     /// Latency of writes accepted on this host, until applied here.
     pub commit_latency: prometheus_client::metrics::histogram::Histogram,
+    /// What runtimes left behind, waiting out its grace period.
+    pub leftovers: std::sync::Mutex<runtimes::Leftovers>,
 }
 
 /// Random bytes for request ids, network and endpoint ids (the `getrandom` crate, as the peer
@@ -248,9 +253,30 @@ impl Agent {
             });
         }
 
+        // Before the plugin answers: its calls need every host's level in the state.
+        agent.report_level().await;
+        if let Some(path) = agent.config.docker_plugin.clone() {
+            let listener = crate::plugins::docker::bind(&path).map_err(|e| {
+                AgentError::Config(format!("docker plugin socket {}: {e}", path.display()))
+            })?;
+            let plugin = Arc::new(crate::plugins::docker::Plugin::new(
+                Arc::clone(&agent),
+                agent.config.name.clone(),
+            ));
+            tracing::info!(socket = %path.display(), "serving the Docker network and IPAM driver");
+            tokio::spawn(async move {
+                if let Err(e) = crate::plugins::docker::serve(plugin, listener).await {
+                    tracing::error!(socket = %path.display(), "docker plugin: {e}");
+                }
+            });
+        }
+
         wait_for_signal().await;
         tracing::info!("shutting down");
         let _ = std::fs::remove_file(&agent.config.api);
+        if let Some(path) = &agent.config.docker_plugin {
+            let _ = std::fs::remove_file(path);
+        }
         Ok(())
     }
 
@@ -323,6 +349,7 @@ impl Agent {
             fib,
             started: Instant::now(),
             commit_latency: metrics::commit_latency_histogram(),
+            leftovers: Default::default(),
         });
         tokio::spawn(Arc::clone(&agent).serve_peers(inbound));
         Ok(agent)
@@ -516,6 +543,7 @@ impl Agent {
         loop {
             crate::fault::check("reconcile");
             self.reconcile_once().await;
+            self.report_level().await;
             let _ = tokio::time::timeout(Duration::from_secs(2), applied.changed()).await;
         }
     }
@@ -547,7 +575,10 @@ impl Agent {
                 return;
             }
             let report = self.reconciler.reconcile(&state).await;
-            *memo = if report.errors.is_empty() && report.vanished.is_empty() {
+            *memo = if report.errors.is_empty()
+                && report.vanished.is_empty()
+                && report.unlinked.is_empty()
+            {
                 LinksMemo {
                     local_endpoints: local,
                     full_round_at: Some(Instant::now()),
@@ -561,6 +592,8 @@ impl Agent {
         for error in &report.errors {
             tracing::warn!("reconcile: {error}");
         }
+        self.clean_runtime_leftovers(report.unlinked.iter().map(|e| e.id.clone()).collect())
+            .await;
         for endpoint in report.vanished {
             tracing::info!(
                 endpoint = endpoint.name,
@@ -572,11 +605,22 @@ impl Agent {
                 sandbox: endpoint.sandbox.clone(),
                 host: endpoint.host.clone(),
                 force: true,
+                ..Default::default()
             });
             if let Err(e) = self.submit(command).await {
                 tracing::warn!("cannot disconnect {}: {e}", endpoint.name);
             }
         }
+    }
+}
+
+impl crate::plugins::docker::Api for Arc<Agent> {
+    fn call(
+        &self,
+        request: vxnet_proto::ApiRequest,
+    ) -> impl std::future::Future<Output = vxnet_proto::ApiResponse> + Send {
+        let agent = Arc::clone(self);
+        async move { server::handle(&agent, request).await }
     }
 }
 

@@ -35,6 +35,11 @@ pub(super) fn networks(agent: &Agent, names: &[String]) -> ApiResponse {
         .filter(|e| list.networks.iter().any(|n| n.id == e.network_id))
         .cloned()
         .collect();
+    list.reservations = state
+        .reservations()
+        .filter(|r| list.networks.iter().any(|n| n.id == r.network_id))
+        .cloned()
+        .collect();
     ApiResponse {
         kind: Some(Resp::Networks(list)),
     }

@@ -28,7 +28,7 @@ use super::admission::{
     ByteBudget, Handover, Limits, MAX_CAPTURES, MAX_CONNECTIONS, MAX_REQUEST_BYTES, Reservation,
     flush_warnings,
 };
-use super::{Agent, SubmitError, queries, random_id, unix_ms};
+use super::{Agent, SubmitError, queries, random_id, runtimes, unix_ms};
 use crate::api::MAX_FRAME;
 use vxnet_proto::frame::{self, FrameError, INITIAL_BUFFER};
 
@@ -309,7 +309,7 @@ pub(super) fn error(kind: ErrorKind, message: String) -> ApiResponse {
     }
 }
 
-fn from_submit(result: Result<Response, SubmitError>) -> ApiResponse {
+pub(super) fn from_submit(result: Result<Response, SubmitError>) -> ApiResponse {
     match result {
         Ok(response) => ApiResponse {
             kind: Some(Resp::Applied(response)),
@@ -321,7 +321,8 @@ fn from_submit(result: Result<Response, SubmitError>) -> ApiResponse {
     }
 }
 
-async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
+/// Answers one API request (the socket's, or a plugin's in this process).
+pub async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
     let Some(kind) = request.kind else {
         return error(ErrorKind::Invalid, "empty request".into());
     };
@@ -382,6 +383,9 @@ async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
                 kind: Some(Resp::Pruned(NamesRequest { names: removed })),
             }
         }
+        Req::NetworkConnect(connect) if !connect.runtime.is_empty() => {
+            runtimes::connect(agent, connect).await
+        }
         Req::NetworkConnect(mut connect) => {
             if let Err(e) = NetnsHandle::open(&connect.sandbox) {
                 return error(
@@ -436,6 +440,7 @@ async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
                     sandbox: endpoint.sandbox.clone(),
                     host: endpoint.host.clone(),
                     force: true,
+                    ..Default::default()
                 });
                 let _ = agent.submit(undo).await;
                 return error(
@@ -479,6 +484,12 @@ async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
         }
         Req::Stats(_) => queries::stats(agent),
         Req::Capture(_) => error(ErrorKind::Invalid, "capture is a streaming request".into()),
+        Req::DockerNetworkAttach(attach) => runtimes::attach(agent, attach).await,
+        Req::DockerNetworkDetach(detach) => runtimes::detach(agent, detach).await,
+        Req::AddressReserve(reserve) => runtimes::reserve(agent, reserve).await,
+        Req::AddressRelease(release) => runtimes::release(agent, release).await,
+        Req::EndpointLink(link) => runtimes::link(agent, link).await,
+        Req::EndpointUnlink(link) => runtimes::unlink(agent, link).await,
     }
 }
 

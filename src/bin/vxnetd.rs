@@ -63,6 +63,11 @@ struct Flags {
     /// [default: 100]; 0 sleeps at once (least CPU, more latency).
     #[arg(long, value_name = "MICROSECONDS")]
     busy_poll: Option<u64>,
+    /// Serve Docker's remote network and IPAM driver protocol on this Unix socket; the driver's
+    /// name is the file's stem (`/run/docker/plugins/vxnet.sock`: `docker network create -d vxnet
+    /// --ipam-driver vxnet ...`).
+    #[arg(long, value_name = "PATH")]
+    docker_plugin: Option<PathBuf>,
     /// Test builds: panic at SITE (`raft`, `reconcile`) after --fault-after-ms.
     #[cfg(feature = "fault-injection")]
     #[arg(long, hide = true, value_name = "SITE")]
@@ -109,6 +114,7 @@ fn main() -> ExitCode {
         metrics: flags.metrics,
         offload: flags.offload,
         busy_poll: flags.busy_poll,
+        docker_plugin: flags.docker_plugin,
     };
     let config = match from_flags.over(file).into_agent_config() {
         Ok(config) => config,

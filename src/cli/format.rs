@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
-use vxnet_proto::{Endpoint, Host, Network};
+use vxnet_proto::{Endpoint, Host, Network, Reservation};
 
 /// `docker network ls` shows 12 characters of an id unless `--no-trunc`.
 pub const SHORT_ID: usize = 12;
@@ -26,7 +26,12 @@ pub fn rfc3339(unix_ms: u64) -> String {
 }
 
 /// `docker network inspect`'s JSON for one network (plus vxnet's `Host`/`Peers` details).
-pub fn network_json(net: &Network, endpoints: &[&Endpoint], hosts: &[Host]) -> Value {
+pub fn network_json(
+    net: &Network,
+    endpoints: &[&Endpoint],
+    reservations: &[&Reservation],
+    hosts: &[Host],
+) -> Value {
     let mut ipam_config = Map::new();
     ipam_config.insert("Subnet".into(), json!(net.subnet));
     if !net.ip_range.is_empty() {
@@ -83,6 +88,15 @@ pub fn network_json(net: &Network, endpoints: &[&Endpoint], hosts: &[Host]) -> V
         "Options": options,
         "Labels": net.labels,
         "Peers": peers,
+        "DockerNetworks": net
+            .docker_networks
+            .iter()
+            .map(|d| json!({"Host": d.host, "ID": d.network_id}))
+            .collect::<Vec<_>>(),
+        "Reservations": reservations
+            .iter()
+            .map(|r| json!({"IPv4Address": r.ipv4, "Host": r.host}))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -251,7 +265,7 @@ mod tests {
             underlay: "192.168.200.2".into(),
             ..Host::default()
         }];
-        let v = network_json(&net(), &[&ep], &hosts);
+        let v = network_json(&net(), &[&ep], &[], &hosts);
         assert_eq!(v["Name"], "frontend");
         assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "10.20.0.0/24");
         assert_eq!(v["Containers"]["c1"]["IPv4Address"], "10.20.0.2/24");

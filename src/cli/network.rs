@@ -147,7 +147,12 @@ pub fn inspect(
                 .iter()
                 .filter(|e| e.network_id == net.id)
                 .collect();
-            found.push(network_json(net, &eps, &hosts));
+            let held: Vec<_> = list
+                .reservations
+                .iter()
+                .filter(|r| r.network_id == net.id)
+                .collect();
+            found.push(network_json(net, &eps, &held, &hosts));
         }
     }
     match template {
@@ -276,6 +281,7 @@ mod tests {
         Resp::Networks(NetworkList {
             networks,
             endpoints,
+            reservations: Vec::new(),
         })
     }
 

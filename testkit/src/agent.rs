@@ -55,13 +55,38 @@ pub struct AgentCmd<'a> {
 }
 
 impl AgentCmd<'_> {
-    /// Starts the agent.
+    /// Starts the agent in its host namespace (`ip netns exec NETNS vxnetd ARGS`).
     pub fn spawn(&self) -> Result<Proc> {
+        self.spawn_in(None)
+    }
+
+    /// Starts the agent in the mount and network namespaces of process `pid`
+    /// (`nsenter -t PID -m -n vxnetd ARGS`; nsenter execs, so the process is the agent), e.g. a
+    /// [`crate::docker::DockerHost`]'s holder, whose mount namespace has dockerd's plugin
+    /// directory. `pid` must be in namespace `netns`.
+    pub fn spawn_entering(&self, pid: u32) -> Result<Proc> {
+        if !crate::docker::pid_in_netns(pid, self.netns)? {
+            anyhow::bail!("pid {pid} is not in network namespace {}", self.netns);
+        }
+        self.spawn_in(Some(pid))
+    }
+
+    fn spawn_in(&self, enter: Option<u32>) -> Result<Proc> {
         let logf = std::fs::File::create(self.log)
             .with_context(|| format!("create {}", self.log.display()))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.netns])
-            .arg(self.vxnetd)
+        let mut cmd = match enter {
+            None => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", self.netns]);
+                cmd
+            }
+            Some(pid) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg("-t").arg(pid.to_string()).args(["-m", "-n"]);
+                cmd
+            }
+        };
+        cmd.arg(self.vxnetd)
             .args(self.args)
             .env(
                 "RUST_LOG",

@@ -26,7 +26,9 @@ pub use busy_poll::{
     BUSY_POLL_BUDGET, BUSY_POLL_BULK_PACKETS, BUSY_POLL_PERIOD, BusyPoll, DEFAULT_BUSY_POLL,
 };
 
-pub use netlink::{LinkInfo, LinkRef, Netlink, VethCreated, VethSpec, in_netns, in_netns_blocking};
+pub use netlink::{
+    LinkInfo, LinkRef, Netlink, RuntimeVethSpec, VethCreated, VethSpec, in_netns, in_netns_blocking,
+};
 pub use netns::{NamedNetns, NetnsHandle};
 pub use routes::{ROUTE_PROTOCOL, Route4};
 pub use tap::{Tap, TapOffloads, TapOptions, VNET_HDR_LEN};

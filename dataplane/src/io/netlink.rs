@@ -574,6 +574,79 @@ impl Netlink {
     }
 }
 
+/// A runtime's container interface, for [`Netlink::create_veth_for_runtime`]: both ends are
+/// made in the agent's namespace and the runtime (dockerd) moves the container's end into the
+/// sandbox, names it and gives it its address.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeVethSpec<'a> {
+    /// Name of the host-side end (on the bridge).
+    pub host_name: &'a str,
+    /// Bridge the host-side end is attached to.
+    pub bridge_index: u32,
+    /// MTU of the host-side end.
+    pub host_mtu: u32,
+    /// Name of the container-side end, as the runtime will look for it.
+    pub peer_name: &'a str,
+    /// Ethernet address of the container-side end (unicast).
+    pub mac: [u8; 6],
+    /// MTU of the container-side end (the overlay MTU).
+    pub mtu: u32,
+    /// `gso_max_size` of the container-side end (`None`: the kernel's default).
+    pub gso_max_size: Option<u32>,
+}
+
+impl Netlink {
+    /// Makes a veth pair whose container end stays here for a runtime to move. A leftover pair of
+    /// the same names (an earlier attempt) is replaced. Nothing is left behind on failure.
+    pub async fn create_veth_for_runtime(&self, spec: &RuntimeVethSpec<'_>) -> Result<u32> {
+        check_ifname(spec.host_name)?;
+        check_ifname(spec.peer_name)?;
+        if spec.mac[0] & 1 != 0 || spec.mac == [0; 6] {
+            return Err(IoError::Invalid(format!(
+                "{} is not a unicast MAC",
+                fmt_mac(&spec.mac)
+            )));
+        }
+        for name in [spec.host_name, spec.peer_name] {
+            if self.link_by_name(name).await?.is_some() {
+                self.delete_link(name).await?;
+            }
+        }
+        let mut peer = LinkUnspec::new_with_name(spec.peer_name)
+            .address(spec.mac.to_vec())
+            .mtu(spec.mtu);
+        if let Some(size) = spec.gso_max_size {
+            peer = peer.append_extra_attribute(LinkAttribute::GsoMaxSize(size));
+        }
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(spec.host_name)
+            .mtu(spec.host_mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            IoError::netlink(
+                format!("create veth {} <-> {}", spec.host_name, spec.peer_name),
+                e,
+            )
+        })?;
+        let attached = async {
+            let host = self.link_by_name(spec.host_name).await?.ok_or_else(|| {
+                IoError::NotFound(format!("link {} after creation", spec.host_name))
+            })?;
+            self.disable_ipv6_autoconf(host.index).await?;
+            self.attach(LinkRef::Index(host.index), spec.bridge_index, spec.host_mtu)
+                .await?;
+            Ok(host.index)
+        }
+        .await;
+        if attached.is_err() {
+            // Deleting the host end removes the container end too.
+            let _ = self.delete_link(spec.host_name).await;
+        }
+        attached
+    }
+}
+
 /// How long [`Netlink::create_veth_into_netns`] waits for the host end to forward.
 const PORT_FORWARDING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 

@@ -6,6 +6,7 @@
 //! run in one process, so [`Cluster::new`] refuses a tag used twice.
 
 pub mod capture;
+pub mod docker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -48,7 +49,7 @@ pub fn cluster_with(test: &str, tag: &str, options: ClusterOptions) -> Option<Cl
 }
 
 /// Panics with the error and its causes.
-fn must<T>(r: anyhow::Result<T>) -> T {
+pub fn must<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
@@ -103,6 +104,9 @@ pub struct Agent {
     pub args: Vec<String>,
     /// Another `vxnetd` to run (an earlier release, for upgrade tests); `None`: this build's.
     pub binary: Option<PathBuf>,
+    /// Run in the mount and network namespaces of this process (a dockerd host's holder, see
+    /// `support::docker`) rather than `ip netns exec netns`.
+    pub enter_pid: Option<u32>,
     proc: Option<Proc>,
 }
 
@@ -145,7 +149,10 @@ impl Agent {
             default_log_level: "info",
             die_with_parent: false,
         };
-        self.proc = Some(must(cmd.spawn()));
+        self.proc = Some(must(match self.enter_pid {
+            Some(pid) => cmd.spawn_entering(pid),
+            None => cmd.spawn(),
+        }));
     }
 
     /// Starts the agent again with the same command line (as systemd would).
@@ -313,6 +320,7 @@ impl Cluster {
                 data_dir,
                 args,
                 binary: None,
+                enter_pid: None,
                 proc: None,
             });
         }

@@ -1,0 +1,3 @@
+//! Runtime integrations: adapters that turn a container runtime's calls into vxnet API requests.
+
+pub mod docker;
