@@ -13,10 +13,15 @@ have() {
 # dockerd and busybox-static: the Docker plugin tests (tests/it/docker.rs) run real daemons with
 # an offline image made of the static busybox. Without dockerd they print "skipped" and pass;
 # without a static /bin/busybox they fail, saying so.
+# podman and containernetworking-plugins: the CNI plugin tests (tests/it/cni.rs chains the
+# reference portmap plugin, which needs iptables, a dependency of the package;
+# tests/it/cni_podman.rs runs podman with its CNI backend). Without them those parts print
+# "skipped" and pass. podman comes without its recommends (buildah, slirp4netns, ...).
 need_pkgs=()
-for tool in ip:iproute2 ping:iputils-ping nc:netcat-openbsd tcpdump:tcpdump tshark:tshark iperf3:iperf3 ethtool:ethtool python3:python3 nft:nftables dockerd:docker.io busybox:busybox-static; do
+for tool in ip:iproute2 ping:iputils-ping nc:netcat-openbsd tcpdump:tcpdump tshark:tshark iperf3:iperf3 ethtool:ethtool python3:python3 nft:nftables dockerd:docker.io busybox:busybox-static podman:podman; do
   have "${tool%%:*}" || need_pkgs+=("${tool#*:}")
 done
+[ -x /usr/lib/cni/portmap ] || need_pkgs+=(containernetworking-plugins)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need_pkgs[*]}"

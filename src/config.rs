@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {
         let file = Settings::from_toml(
-            "name = \"h1\"\nunderlay = \"192.168.200.1\"\ndata-dir = \"/srv/vx\"\nworkers = 4\njoin = \"192.168.200.2:7946\"\n",
+            "name = \"h1\"\nunderlay = \"192.168.200.1\"\ndata-dir = \"/srv/vx\"\nworkers = 4\njoin = \"192.168.200.2:7946\"\ndocker-plugin = \"/run/docker/plugins/vxnet.sock\"\n",
         )
         .unwrap();
         let flags = Settings {
@@ -184,6 +184,10 @@ mod tests {
         assert_eq!(config.vxlan_port, 4789);
         assert_eq!(config.peer_listen.to_string(), "192.168.200.1:7946");
         assert_eq!(config.join.as_deref(), Some("192.168.200.2:7946"));
+        assert_eq!(
+            config.docker_plugin,
+            Some(PathBuf::from("/run/docker/plugins/vxnet.sock"))
+        );
     }
 
     #[test]

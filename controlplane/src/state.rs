@@ -35,6 +35,8 @@ const SNAPSHOT_VERSION: u32 = 1;
 pub const APPLY_LEVEL: u32 = 1;
 /// The endpoint runtime whose interface dockerd moves into the sandbox.
 pub const RUNTIME_DOCKER: &str = "docker";
+/// The endpoint runtime of the CNI plugin (the agent makes the interface, as for the CLI).
+pub const RUNTIME_CNI: &str = "cni";
 
 /// A command refused by the state machine. Deterministic: every replica refuses alike, and the
 /// refusal is remembered for retries like a success.
@@ -187,6 +189,16 @@ fn parse_ipv4(s: &str, what: &str) -> Result<u32, ApplyError> {
 
 fn ip_str(ip: u32) -> String {
     Ipv4Addr::from(ip).to_string()
+}
+
+/// A Linux interface name (IFNAMSIZ − 1 bytes, none of what the kernel refuses).
+fn is_interface_name(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && !s
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
 }
 
 fn is_hex_id(s: &str) -> bool {
@@ -765,6 +777,12 @@ impl State {
                 c.endpoint_id
             )));
         }
+        if !c.interface.is_empty() && !is_interface_name(&c.interface) {
+            return Err(ApplyError::invalid(format!(
+                "invalid interface name {:?}: 1 to 15 bytes, no '/', ':' or whitespace",
+                c.interface
+            )));
+        }
         let Some(st) = self.networks.get_mut(&net_id) else {
             return Err(ApplyError::not_found(format!(
                 "network {} not found",
@@ -807,6 +825,7 @@ impl State {
             vni: st.info.vni,
             created_index: index,
             runtime: c.runtime.clone(),
+            interface: c.interface.clone(),
         };
         st.used.insert(ip, Holder::Endpoint(ep.id.clone()));
         st.endpoints.insert(ep.id.clone(), ep.clone());
@@ -1770,6 +1789,30 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(t.s.reservations().count(), 0);
+    }
+
+    #[test]
+    fn interface_names_are_checked_and_kept() {
+        let mut t = T::new();
+        t.ok(command::Kind::CreateNetwork(net("pods", 1)));
+        for bad in ["", "a/b", "has space", "sixteen-chars-xx", "x:y"] {
+            let mut c = conn("pods", "h1", "s", 2);
+            c.interface = bad.into();
+            if bad.is_empty() {
+                continue;
+            }
+            t.err(command::Kind::ConnectEndpoint(c));
+        }
+        let mut c = conn("pods", "h1", "s", 2);
+        c.interface = "net1".into();
+        c.runtime = RUNTIME_CNI.into();
+        let response::Kind::EndpointConnected(e) = t.ok(command::Kind::ConnectEndpoint(c)) else {
+            panic!()
+        };
+        assert_eq!(
+            (e.interface.as_str(), e.runtime.as_str()),
+            ("net1", RUNTIME_CNI)
+        );
     }
 
     #[test]

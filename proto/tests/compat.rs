@@ -132,6 +132,7 @@ fn endpoint() -> Endpoint {
         vni: 4096,
         created_index: 300,
         runtime: String::new(),
+        interface: String::new(),
     }
 }
 
@@ -191,6 +192,7 @@ fn connect() -> ConnectEndpoint {
         requested_ipv4: Some("10.20.0.5".into()),
         endpoint_id: endpoint().id,
         runtime: String::new(),
+        interface: String::new(),
     }
 }
 
@@ -450,10 +452,17 @@ fn all_cases() -> Cases {
         StateSnapshot {
             version: 1,
             networks: vec![network_v2()],
-            endpoints: vec![Endpoint {
-                runtime: "docker".into(),
-                ..endpoint()
-            }],
+            endpoints: vec![
+                Endpoint {
+                    runtime: "docker".into(),
+                    ..endpoint()
+                },
+                Endpoint {
+                    runtime: "cni".into(),
+                    interface: "net1".into(),
+                    ..endpoint()
+                },
+            ],
             hosts: vec![Host { level: 1, ..host() }],
             reservations: vec![reservation(), Reservation::default()],
             ..Default::default()
@@ -464,7 +473,8 @@ fn all_cases() -> Cases {
     c.add(
         "ConnectEndpoint.v2",
         ConnectEndpoint {
-            runtime: "docker".into(),
+            runtime: "cni".into(),
+            interface: "net1".into(),
             ..connect()
         },
     );
@@ -762,7 +772,15 @@ fn all_cases() -> Cases {
         term: 9,
         commit_index: 1234,
         applied_index: 1230,
+        self_name: String::new(),
     };
+    c.add(
+        "MemberList.v2",
+        MemberList {
+            self_name: "host-a".into(),
+            ..member_list.clone()
+        },
+    );
     let fdb_list = FdbList {
         entries: vec![static_vtep(), StaticVtep::default()],
     };

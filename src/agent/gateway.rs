@@ -143,12 +143,16 @@ fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
     )))
 }
 
-fn ct_state() -> Expression<'static> {
+fn ct_key(key: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::CT(nftables::expr::CT {
-        key: "state".into(),
+        key: key.into(),
         family: None,
         dir: None,
     }))
+}
+
+fn ct_state() -> Expression<'static> {
+    ct_key("state")
 }
 
 fn is(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
@@ -313,6 +317,19 @@ pub fn ruleset(plan: &GatewayPlan) -> Nftables<'static> {
         } else {
             rules.push(("forward", vec![iif(), ACCEPT]));
             rules.push(("forward", vec![oif(), is(ct_state(), replies()), ACCEPT]));
+            // Connections a port mapping sent here (CNI's portmap, DNAT rules of the host).
+            rules.push((
+                "forward",
+                vec![
+                    oif(),
+                    Statement::Match(Match {
+                        left: ct_key("status"),
+                        right: text("dnat"),
+                        op: Operator::IN,
+                    }),
+                    ACCEPT,
+                ],
+            ));
             if !plan.hosts.is_empty() {
                 let hosts = set(plan.hosts.iter().map(|h| text(&h.to_string())).collect());
                 rules.push((

@@ -272,7 +272,11 @@ impl Reconciler {
             .ipv4
             .parse()
             .map_err(|_| IoError::Invalid(format!("endpoint IPv4 {:?}", endpoint.ipv4)))?;
-        let peer_name = next_free_ifname_in_netns(&netns, "eth").await?;
+        let peer_name = if endpoint.interface.is_empty() {
+            next_free_ifname_in_netns(&netns, "eth").await?
+        } else {
+            endpoint.interface.clone()
+        };
         let spec = VethSpec {
             host_name: &host_name,
             bridge_index,

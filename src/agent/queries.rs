@@ -96,6 +96,7 @@ pub(super) async fn members(agent: &Agent) -> ApiResponse {
             term: view.term,
             commit_index: view.commit_index,
             applied_index: view.applied_index,
+            self_name: agent.config.name.clone(),
         })),
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vxnet_controlplane::state::{APPLY_LEVEL, RUNTIME_DOCKER, State};
+use vxnet_controlplane::state::{APPLY_LEVEL, RUNTIME_CNI, RUNTIME_DOCKER, State};
 use vxnet_proto::{
     ApiResponse, AttachDockerNetwork, ConnectEndpoint, DetachDockerNetwork, DisconnectEndpoint,
     Empty, EndpointLink, ErrorKind, ReleaseAddress, ReportLevel, ReserveAddress, Response,
@@ -96,6 +96,21 @@ pub async fn release(agent: &Agent, mut release: ReleaseAddress) -> ApiResponse 
     from_submit(agent.submit(command::Kind::ReleaseAddress(release)).await)
 }
 
+/// Refuses a connect the agent makes itself (CLI, CNI) whose runtime is unknown, or that uses
+/// fields older releases would ignore while one still runs.
+pub fn check_plain_connect(agent: &Agent, connect: &ConnectEndpoint) -> Option<ApiResponse> {
+    if !connect.runtime.is_empty() && connect.runtime != RUNTIME_CNI {
+        return Some(error(
+            ErrorKind::Invalid,
+            format!("unknown runtime {:?}", connect.runtime),
+        ));
+    }
+    if connect.runtime.is_empty() && connect.interface.is_empty() {
+        return None;
+    }
+    level_gate(agent)
+}
+
 /// `network_connect` with a runtime: the endpoint is committed (its address from the caller's
 /// reservation) and the network's links made; the interface waits for [`link`].
 pub async fn connect(agent: &Agent, mut connect: ConnectEndpoint) -> ApiResponse {
@@ -128,7 +143,7 @@ pub async fn link(agent: &Agent, request: EndpointLink) -> ApiResponse {
             format!("endpoint {} not found", request.endpoint_id),
         );
     };
-    if endpoint.host != agent.config.name || endpoint.runtime.is_empty() {
+    if endpoint.host != agent.config.name || endpoint.runtime != RUNTIME_DOCKER {
         return error(
             ErrorKind::Invalid,
             format!(

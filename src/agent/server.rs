@@ -30,6 +30,7 @@ use super::admission::{
 };
 use super::{Agent, SubmitError, queries, random_id, runtimes, unix_ms};
 use crate::api::MAX_FRAME;
+use vxnet_controlplane::state::RUNTIME_DOCKER;
 use vxnet_proto::frame::{self, FrameError, INITIAL_BUFFER};
 
 /// Binds the API socket, replacing a stale socket file left by a previous run.
@@ -383,10 +384,13 @@ pub async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
                 kind: Some(Resp::Pruned(NamesRequest { names: removed })),
             }
         }
-        Req::NetworkConnect(connect) if !connect.runtime.is_empty() => {
+        Req::NetworkConnect(connect) if connect.runtime == RUNTIME_DOCKER => {
             runtimes::connect(agent, connect).await
         }
         Req::NetworkConnect(mut connect) => {
+            if let Some(refused) = runtimes::check_plain_connect(agent, &connect) {
+                return refused;
+            }
             if let Err(e) = NetnsHandle::open(&connect.sandbox) {
                 return error(
                     ErrorKind::NotFound,
@@ -394,7 +398,9 @@ pub async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
                 );
             }
             connect.host = agent.config.name.clone();
-            connect.endpoint_id = random_id();
+            if connect.endpoint_id.is_empty() {
+                connect.endpoint_id = random_id();
+            }
             if connect.name.is_empty() {
                 connect.name = connect.sandbox.clone();
             }

@@ -11,4 +11,4 @@ pub mod stats;
 pub mod template;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;

@@ -8,6 +8,10 @@
 mod support;
 
 mod api_limits;
+mod cni;
+mod cni_latency;
+mod cni_podman;
+mod cni_portmap;
 mod cp_badinput;
 mod cp_cluster;
 mod cp_scale;

@@ -218,6 +218,7 @@ impl<A: Api> Plugin<A> {
                 requested_ipv4: Some(strip_prefix(&interface.address).to_string()),
                 endpoint_id: req.endpoint_id.clone(),
                 runtime: RUNTIME_DOCKER.into(),
+                interface: String::new(),
             }))
             .await?;
         let Some(vxnet_proto::response::Kind::EndpointConnected(endpoint)) =

@@ -6,6 +6,7 @@
 //! run in one process, so [`Cluster::new`] refuses a tag used twice.
 
 pub mod capture;
+pub mod cni;
 pub mod docker;
 
 use std::collections::{BTreeMap, BTreeSet};
