@@ -15,8 +15,9 @@ use prost::Message as _;
 use vxnet_proto::{
     AddStaticVtep, ApplyFailure, AttachDockerNetwork, CreateNetwork, DedupEntry,
     DetachDockerNetwork, DisconnectEndpoint, DockerNetwork, Empty, Endpoint, ErrorKind, Host,
-    Network, Proposal, RegisterHost, ReleaseAddress, RemoveStaticVtep, ReportLevel, Reservation,
-    ReserveAddress, Response, StateSnapshot, StaticVtep, command, dedup_entry, response,
+    Network, PortMapping, Proposal, RegisterHost, ReleaseAddress, RemoveStaticVtep, ReportLevel,
+    Reservation, ReserveAddress, Response, SetEndpointPorts, StateSnapshot, StaticVtep, command,
+    dedup_entry, response,
 };
 
 /// How many (request id → outcome) pairs are remembered for retries.
@@ -110,6 +111,8 @@ pub enum Update {
     StaticVtepRemoved(StaticVtep),
     /// A network's record changed in place (its Docker networks).
     NetworkChanged(Network),
+    /// An endpoint's record changed in place (its published ports).
+    EndpointChanged(Endpoint),
     /// A host's record changed in place (its level).
     HostChanged(Host),
     /// An address was reserved.
@@ -527,6 +530,9 @@ impl State {
                 self.report_level(c, up)?;
                 response::Kind::Noop(Empty {})
             }
+            command::Kind::SetEndpointPorts(c) => {
+                response::Kind::EndpointPortsSet(self.set_ports(c, up)?)
+            }
         };
         Ok(Response { kind: Some(kind) })
     }
@@ -783,6 +789,7 @@ impl State {
                 c.interface
             )));
         }
+        self.check_ports(&c.publish, &host.name, None)?;
         let Some(st) = self.networks.get_mut(&net_id) else {
             return Err(ApplyError::not_found(format!(
                 "network {} not found",
@@ -810,6 +817,12 @@ impl State {
         } else {
             host.name.as_str()
         };
+        if !c.publish.is_empty() && st.info.internal {
+            return Err(ApplyError::invalid(format!(
+                "network {} is internal: it has no way in, so no port can be published",
+                st.info.name
+            )));
+        }
         let ip = st.allocate(c.requested_ipv4.as_deref(), claimant)?;
         let ep = Endpoint {
             id: c.endpoint_id.clone(),
@@ -826,6 +839,7 @@ impl State {
             created_index: index,
             runtime: c.runtime.clone(),
             interface: c.interface.clone(),
+            ports: c.publish.clone(),
         };
         st.used.insert(ip, Holder::Endpoint(ep.id.clone()));
         st.endpoints.insert(ep.id.clone(), ep.clone());
@@ -1092,6 +1106,96 @@ impl State {
             up.push(Update::HostChanged(host.clone()));
         }
         Ok(())
+    }
+
+    // ----- published ports --------------------------------------------------------------------
+
+    /// Checks mappings for `host` (ignoring endpoint `except`'s own): valid values, no two the
+    /// same, none taken by another endpoint of the host. Docker's words for a taken port.
+    fn check_ports(
+        &self,
+        ports: &[PortMapping],
+        host: &str,
+        except: Option<&str>,
+    ) -> Result<(), ApplyError> {
+        for (i, p) in ports.iter().enumerate() {
+            if p.protocol != "tcp" && p.protocol != "udp" {
+                return Err(ApplyError::invalid(format!(
+                    "invalid protocol {:?} in port mapping: tcp or udp",
+                    p.protocol
+                )));
+            }
+            for port in [p.host_port, p.container_port] {
+                if !(1..=65535).contains(&port) {
+                    return Err(ApplyError::invalid(format!(
+                        "invalid port {port} in port mapping: 1 to 65535"
+                    )));
+                }
+            }
+            if !p.host_ip.is_empty() {
+                parse_ipv4(&p.host_ip, "host")?;
+            }
+            let any = |ip: &str| ip.is_empty() || ip == "0.0.0.0";
+            let clash = |q: &PortMapping| {
+                q.protocol == p.protocol
+                    && q.host_port == p.host_port
+                    && (q.host_ip == p.host_ip || any(&q.host_ip) || any(&p.host_ip))
+            };
+            let taken = ports[..i].iter().any(clash)
+                || self.endpoints().any(|e| {
+                    e.host == host && Some(e.id.as_str()) != except && e.ports.iter().any(clash)
+                });
+            if taken {
+                let ip = if any(&p.host_ip) {
+                    "0.0.0.0"
+                } else {
+                    p.host_ip.as_str()
+                };
+                return Err(ApplyError::conflict(format!(
+                    "Bind for {ip}:{} failed: port is already allocated",
+                    p.host_port
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the published ports of one of a host's endpoints.
+    fn set_ports(
+        &mut self,
+        c: &SetEndpointPorts,
+        up: &mut Vec<Update>,
+    ) -> Result<Endpoint, ApplyError> {
+        let Some(current) = self.endpoints().find(|e| e.id == c.endpoint_id).cloned() else {
+            return Err(ApplyError::not_found(format!(
+                "endpoint {} not found",
+                short_id(&c.endpoint_id)
+            )));
+        };
+        if current.host != c.host {
+            return Err(ApplyError::conflict(format!(
+                "endpoint {} belongs to host {}, not {}",
+                current.name, current.host, c.host
+            )));
+        }
+        self.check_ports(&c.ports, &c.host, Some(&current.id))?;
+        let Some(st) = self.networks.get_mut(&current.network_id) else {
+            return Err(ApplyError::not_found("network not found"));
+        };
+        if !c.ports.is_empty() && st.info.internal {
+            return Err(ApplyError::invalid(format!(
+                "network {} is internal: it has no way in, so no port can be published",
+                st.info.name
+            )));
+        }
+        let Some(ep) = st.endpoints.get_mut(&current.id) else {
+            return Err(ApplyError::not_found("endpoint not found"));
+        };
+        if ep.ports != c.ports {
+            ep.ports = c.ports.clone();
+            up.push(Update::EndpointChanged(ep.clone()));
+        }
+        Ok(ep.clone())
     }
 
     // ----- hosts ------------------------------------------------------------------------------
@@ -1812,6 +1916,81 @@ mod tests {
         assert_eq!(
             (e.interface.as_str(), e.runtime.as_str()),
             ("net1", RUNTIME_CNI)
+        );
+    }
+
+    fn mapping(proto: &str, ip: &str, host: u32, container: u32) -> PortMapping {
+        PortMapping {
+            protocol: proto.into(),
+            host_ip: ip.into(),
+            host_port: host,
+            container_port: container,
+        }
+    }
+
+    #[test]
+    fn a_host_port_is_allocated_once_per_host_and_protocol() {
+        let mut t = T::new();
+        t.ok(command::Kind::RegisterHost(host("h2", "192.168.0.2")));
+        t.ok(command::Kind::CreateNetwork(net("web", 1)));
+        let mut a = conn("web", "h1", "a", 2);
+        a.publish = vec![mapping("tcp", "", 8080, 80)];
+        t.ok(command::Kind::ConnectEndpoint(a));
+        let mut b = conn("web", "h1", "b", 3);
+        b.publish = vec![mapping("tcp", "10.0.0.1", 8080, 80)];
+        let e = t.err(command::Kind::ConnectEndpoint(b.clone()));
+        assert_eq!(
+            e.message,
+            "Bind for 10.0.0.1:8080 failed: port is already allocated"
+        );
+        // The other protocol, and another host, are free.
+        b.publish = vec![mapping("udp", "", 8080, 80)];
+        t.ok(command::Kind::ConnectEndpoint(b));
+        let mut c = conn("web", "h2", "c", 4);
+        c.publish = vec![mapping("tcp", "", 8080, 80)];
+        t.ok(command::Kind::ConnectEndpoint(c));
+        // Twice in one request, or bad values: refused, nothing changes.
+        let mut d = conn("web", "h1", "d", 5);
+        d.publish = vec![mapping("tcp", "", 9000, 80), mapping("tcp", "", 9000, 81)];
+        assert!(
+            t.err(command::Kind::ConnectEndpoint(d.clone()))
+                .message
+                .contains("9000")
+        );
+        for bad in [
+            mapping("sctp", "", 9001, 80),
+            mapping("tcp", "", 0, 80),
+            mapping("tcp", "", 9001, 70000),
+            mapping("tcp", "1.2.3", 9001, 80),
+        ] {
+            d.publish = vec![bad];
+            assert_eq!(
+                t.err(command::Kind::ConnectEndpoint(d.clone())).kind,
+                ErrorKind::Invalid
+            );
+        }
+        // Docker's ProgramExternalConnectivity: set, then revoke.
+        let set = |ports: Vec<PortMapping>| {
+            command::Kind::SetEndpointPorts(SetEndpointPorts {
+                endpoint_id: hex(2),
+                host: "h1".into(),
+                ports,
+            })
+        };
+        t.ok(set(vec![
+            mapping("tcp", "", 8080, 80),
+            mapping("tcp", "", 8443, 443),
+        ]));
+        let taken = t.err(command::Kind::SetEndpointPorts(SetEndpointPorts {
+            endpoint_id: hex(3),
+            host: "h1".into(),
+            ports: vec![mapping("tcp", "", 8443, 443)],
+        }));
+        assert!(taken.message.contains("port is already allocated"));
+        t.ok(set(Vec::new()));
+        assert!(
+            t.s.endpoints()
+                .all(|e| e.id != hex(2) || e.ports.is_empty())
         );
     }
 

@@ -133,6 +133,24 @@ fn endpoint() -> Endpoint {
         created_index: 300,
         runtime: String::new(),
         interface: String::new(),
+        ports: Vec::new(),
+    }
+}
+
+fn port_mapping() -> PortMapping {
+    PortMapping {
+        protocol: "udp".into(),
+        host_ip: "192.0.2.10".into(),
+        host_port: 65535,
+        container_port: 53,
+    }
+}
+
+fn set_ports() -> SetEndpointPorts {
+    SetEndpointPorts {
+        endpoint_id: endpoint().id,
+        host: "host-a".into(),
+        ports: vec![port_mapping(), PortMapping::default()],
     }
 }
 
@@ -193,6 +211,7 @@ fn connect() -> ConnectEndpoint {
         endpoint_id: endpoint().id,
         runtime: String::new(),
         interface: String::new(),
+        publish: Vec::new(),
     }
 }
 
@@ -255,6 +274,13 @@ fn responses() -> Vec<(&'static str, response::Kind)> {
         ),
         ("address_reserved", K::AddressReserved(reservation())),
         ("address_released", K::AddressReleased(reservation())),
+        (
+            "endpoint_ports_set",
+            K::EndpointPortsSet(Endpoint {
+                ports: vec![port_mapping()],
+                ..endpoint()
+            }),
+        ),
     ]
 }
 
@@ -336,6 +362,7 @@ fn commands() -> Vec<(&'static str, command::Kind)> {
                 level: 1,
             }),
         ),
+        ("set_endpoint_ports", K::SetEndpointPorts(set_ports())),
     ]
 }
 
@@ -469,6 +496,15 @@ fn all_cases() -> Cases {
         },
     );
     c.add("Reservation", reservation());
+    c.add("PortMapping", port_mapping());
+    c.add("SetEndpointPorts", set_ports());
+    c.add(
+        "ConnectEndpoint.publish",
+        ConnectEndpoint {
+            publish: vec![port_mapping()],
+            ..connect()
+        },
+    );
     c.add("DockerNetwork", docker_network());
     c.add(
         "ConnectEndpoint.v2",
@@ -723,6 +759,7 @@ fn all_cases() -> Cases {
             ("address_release", K::AddressRelease(release())),
             ("endpoint_link", K::EndpointLink(link.clone())),
             ("endpoint_unlink", K::EndpointUnlink(link.clone())),
+            ("endpoint_ports", K::EndpointPorts(set_ports())),
         ]
     };
     for (name, kind) in requests {

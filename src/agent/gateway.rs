@@ -69,6 +69,23 @@ pub struct GatewayPlan {
     pub routes: BTreeSet<Route4>,
     /// The VXLAN UDP port: the underlay's own datagrams are never connection-tracked.
     pub vxlan_port: u16,
+    /// Ports published on this host.
+    pub ports: BTreeSet<PublishedPort>,
+}
+
+/// A port published on this host: DNAT to a local endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PublishedPort {
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// The host address it is published on; `None`: every local address.
+    pub host_ip: Option<Ipv4Addr>,
+    /// The host's port.
+    pub host_port: u16,
+    /// The endpoint's address.
+    pub container: Ipv4Addr,
+    /// The endpoint's port.
+    pub container_port: u16,
 }
 
 /// `a.b.c.d/len` as address and prefix length.
@@ -115,6 +132,9 @@ pub fn plan(state: &State, host: &str, vxlan_port: u16) -> GatewayPlan {
         .map(|n| n.id.as_str())
         .collect();
     for endpoint in state.endpoints() {
+        if endpoint.host == host && !internal.contains(endpoint.network_id.as_str()) {
+            plan.ports.extend(published(endpoint));
+        }
         if endpoint.host == host || internal.contains(endpoint.network_id.as_str()) {
             continue;
         }
@@ -128,6 +148,36 @@ pub fn plan(state: &State, host: &str, vxlan_port: u16) -> GatewayPlan {
         });
     }
     plan
+}
+
+/// An endpoint's mappings as the gateway installs them (malformed ones, which the state machine
+/// never accepts, are skipped).
+fn published(endpoint: &vxnet_proto::Endpoint) -> Vec<PublishedPort> {
+    let Ok(container) = endpoint.ipv4.parse() else {
+        return Vec::new();
+    };
+    endpoint
+        .ports
+        .iter()
+        .filter_map(|p| {
+            Some(PublishedPort {
+                protocol: match p.protocol.as_str() {
+                    "tcp" => "tcp",
+                    "udp" => "udp",
+                    _ => return None,
+                },
+                host_ip: match p.host_ip.parse::<Ipv4Addr>() {
+                    _ if p.host_ip.is_empty() => None,
+                    Ok(ip) if ip.is_unspecified() => None,
+                    Ok(ip) => Some(ip),
+                    Err(_) => return None,
+                },
+                host_port: u16::try_from(p.host_port).ok()?,
+                container,
+                container_port: u16::try_from(p.container_port).ok()?,
+            })
+        })
+        .collect()
 }
 
 fn meta(key: MetaKey) -> Expression<'static> {
@@ -153,6 +203,23 @@ fn ct_key(key: &'static str) -> Expression<'static> {
 
 fn ct_state() -> Expression<'static> {
     ct_key("state")
+}
+
+/// `ct status dnat`: the connection's destination was translated (a published port).
+fn is_dnat() -> Statement<'static> {
+    Statement::Match(Match {
+        left: ct_key("status"),
+        right: text("dnat"),
+        op: Operator::IN,
+    })
+}
+
+/// `fib daddr type`: whether the destination is one of this host's addresses.
+fn local_daddr() -> Expression<'static> {
+    Expression::Named(NamedExpression::Fib(nftables::expr::Fib {
+        result: nftables::expr::FibResult::Type,
+        flags: std::collections::HashSet::from([nftables::expr::FibFlag::Daddr]),
+    }))
 }
 
 fn is(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
@@ -248,6 +315,14 @@ pub fn ruleset(plan: &GatewayPlan) -> Nftables<'static> {
         NfHook::Postrouting,
         100,
     ));
+    // Published ports: connections to this host (from elsewhere, and from the host itself).
+    objects.push(chain(
+        "prerouting",
+        NfChainType::NAT,
+        NfHook::Prerouting,
+        -100,
+    ));
+    objects.push(chain("output", NfChainType::NAT, NfHook::Output, -100));
     // NAT turns connection tracking on for the whole namespace; the VXLAN datagrams need none
     // (they are never NATed or filtered here) and would pay a lookup each.
     objects.push(chain(
@@ -287,6 +362,48 @@ pub fn ruleset(plan: &GatewayPlan) -> Nftables<'static> {
         ));
     }
     let subnets = || set(plan.subnets.iter().copied().map(prefix).collect());
+    // Connections a port mapping sent into a network (published ports, CNI's portmap), both
+    // ways, before the isolation rules: a published port is reachable from every network, as
+    // in Docker. Internal networks have no way in.
+    let open: Vec<Expression<'static>> = plan
+        .local
+        .iter()
+        .filter(|n| !n.internal)
+        .map(|n| text(&n.bridge))
+        .collect();
+    if !open.is_empty() {
+        for key in [MetaKey::Oifname, MetaKey::Iifname] {
+            rules.push((
+                "forward",
+                vec![is_dnat(), is(meta(key), set(open.clone())), ACCEPT],
+            ));
+        }
+    }
+    for port in &plan.ports {
+        let daddr = match port.host_ip {
+            Some(ip) => is(field("ip", "daddr"), text(&ip.to_string())),
+            None => is(local_daddr(), text("local")),
+        };
+        let dnat = Statement::DNAT(Some(nftables::stmt::NAT {
+            addr: Some(text(&port.container.to_string())),
+            family: Some(nftables::stmt::NATFamily::IP),
+            port: Some(Expression::Number(u32::from(port.container_port))),
+            flags: None,
+        }));
+        for chain in ["prerouting", "output"] {
+            rules.push((
+                chain,
+                vec![
+                    daddr.clone(),
+                    is(
+                        field(port.protocol, "dport"),
+                        Expression::Number(u32::from(port.host_port)),
+                    ),
+                    dnat.clone(),
+                ],
+            ));
+        }
+    }
     for net in &plan.local {
         let iif = || is(meta(MetaKey::Iifname), text(&net.bridge));
         let oif = || is(meta(MetaKey::Oifname), text(&net.bridge));
@@ -317,19 +434,6 @@ pub fn ruleset(plan: &GatewayPlan) -> Nftables<'static> {
         } else {
             rules.push(("forward", vec![iif(), ACCEPT]));
             rules.push(("forward", vec![oif(), is(ct_state(), replies()), ACCEPT]));
-            // Connections a port mapping sent here (CNI's portmap, DNAT rules of the host).
-            rules.push((
-                "forward",
-                vec![
-                    oif(),
-                    Statement::Match(Match {
-                        left: ct_key("status"),
-                        right: text("dnat"),
-                        op: Operator::IN,
-                    }),
-                    ACCEPT,
-                ],
-            ));
             if !plan.hosts.is_empty() {
                 let hosts = set(plan.hosts.iter().map(|h| text(&h.to_string())).collect());
                 rules.push((
@@ -338,6 +442,17 @@ pub fn ruleset(plan: &GatewayPlan) -> Nftables<'static> {
                 ));
             }
             rules.push(("forward", vec![oif(), DROP]));
+            // A container reaching a published port of its own network through the host: the
+            // answer must come back through the host too.
+            rules.push((
+                "postrouting",
+                vec![
+                    is_dnat(),
+                    oif(),
+                    is(field("ip", "saddr"), prefix(net.subnet)),
+                    Statement::Masquerade(None),
+                ],
+            ));
             rules.push((
                 "postrouting",
                 vec![
@@ -525,6 +640,14 @@ mod tests {
             hosts: [Ipv4Addr::new(192, 168, 200, 1)].into(),
             routes: BTreeSet::new(),
             vxlan_port: 4789,
+            ports: [PublishedPort {
+                protocol: "udp",
+                host_ip: None,
+                host_port: 8081,
+                container: Ipv4Addr::new(10, 41, 0, 2),
+                container_port: 81,
+            }]
+            .into(),
         };
         let json = serde_json::to_value(ruleset(&plan)).expect("json");
         let objects = json["nftables"].as_array().expect("objects");
@@ -532,12 +655,24 @@ mod tests {
         assert!(objects[0]["add"]["table"]["name"] == TABLE);
         assert!(objects[1]["delete"]["table"]["name"] == TABLE);
         assert!(objects[2]["add"]["table"]["name"] == TABLE);
-        let nat = rules_of(&json, "postrouting");
+        let all_nat = rules_of(&json, "postrouting");
+        let nat: Vec<&String> = all_nat.iter().filter(|r| !r.contains("dnat")).collect();
         assert_eq!(
             nat.len(),
             1,
             "only the non-internal network is masqueraded: {nat:?}"
         );
+        // The published port: DNAT for connections from elsewhere and from the host itself.
+        for chain in ["prerouting", "output"] {
+            let dnat = rules_of(&json, chain);
+            assert_eq!(dnat.len(), 1, "{chain}: {dnat:?}");
+            assert!(
+                dnat[0].contains("8081")
+                    && dnat[0].contains("10.41.0.2")
+                    && dnat[0].contains("fib"),
+                "{chain}: {dnat:?}"
+            );
+        }
         assert!(nat[0].contains("masquerade") && nat[0].contains("10.41.0.0"));
         let forward = rules_of(&json, "forward");
         let internal: Vec<&String> = forward.iter().filter(|r| r.contains("vxb-4097")).collect();

@@ -14,7 +14,7 @@ use vxnet_controlplane::state::{APPLY_LEVEL, RUNTIME_CNI, RUNTIME_DOCKER, State}
 use vxnet_proto::{
     ApiResponse, AttachDockerNetwork, ConnectEndpoint, DetachDockerNetwork, DisconnectEndpoint,
     Empty, EndpointLink, ErrorKind, ReleaseAddress, ReportLevel, ReserveAddress, Response,
-    api_response::Kind as Resp, command, response,
+    SetEndpointPorts, api_response::Kind as Resp, command, response,
 };
 
 use super::server::{error, from_submit};
@@ -105,7 +105,7 @@ pub fn check_plain_connect(agent: &Agent, connect: &ConnectEndpoint) -> Option<A
             format!("unknown runtime {:?}", connect.runtime),
         ));
     }
-    if connect.runtime.is_empty() && connect.interface.is_empty() {
+    if connect.runtime.is_empty() && connect.interface.is_empty() && connect.publish.is_empty() {
         return None;
     }
     level_gate(agent)
@@ -126,6 +126,17 @@ pub async fn connect(agent: &Agent, mut connect: ConnectEndpoint) -> ApiResponse
     connect.host = agent.config.name.clone();
     let result = agent.submit(command::Kind::ConnectEndpoint(connect)).await;
     // The bridge and TAP for the network, so that Join finds them.
+    agent.reconcile_once().await;
+    from_submit(result)
+}
+
+/// `endpoint_ports`: replaces the published ports of one of this host's endpoints.
+pub async fn set_ports(agent: &Agent, mut ports: SetEndpointPorts) -> ApiResponse {
+    if let Some(refused) = level_gate(agent) {
+        return refused;
+    }
+    ports.host = agent.config.name.clone();
+    let result = agent.submit(command::Kind::SetEndpointPorts(ports)).await;
     agent.reconcile_once().await;
     from_submit(result)
 }

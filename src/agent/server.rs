@@ -496,6 +496,7 @@ pub async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
         Req::AddressRelease(release) => runtimes::release(agent, release).await,
         Req::EndpointLink(link) => runtimes::link(agent, link).await,
         Req::EndpointUnlink(link) => runtimes::unlink(agent, link).await,
+        Req::EndpointPorts(ports) => runtimes::set_ports(agent, ports).await,
     }
 }
 

@@ -114,6 +114,10 @@ enum NetworkCmd {
         /// Network-scoped alias (stored; name resolution comes with the DNS work).
         #[arg(long)]
         alias: Vec<String>,
+        /// Publish a port on this host: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], ranges
+        /// as `8000-8010:80-90` (repeatable).
+        #[arg(short, long, value_name = "MAPPING")]
+        publish: Vec<String>,
         /// Network (name, id or id prefix).
         network: String,
         /// Sandbox: a name under /run/netns, a path to a netns file, or a PID.
@@ -292,18 +296,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             NetworkCmd::Connect {
                 ip,
                 alias,
+                publish,
                 network,
                 sandbox,
-            } => network::connect(
-                &api,
-                ConnectEndpoint {
-                    network,
-                    sandbox,
-                    aliases: alias,
-                    requested_ipv4: ip,
-                    ..ConnectEndpoint::default()
-                },
-            ),
+            } => {
+                let mut mappings = Vec::new();
+                for spec in &publish {
+                    match vxnet::cli::ports::parse_publish(spec) {
+                        Ok(m) => mappings.extend(m),
+                        Err(e) => return Err(anyhow::anyhow!("invalid --publish {spec}: {e}")),
+                    }
+                }
+                network::connect(
+                    &api,
+                    ConnectEndpoint {
+                        network,
+                        sandbox,
+                        aliases: alias,
+                        requested_ipv4: ip,
+                        publish: mappings,
+                        ..ConnectEndpoint::default()
+                    },
+                )
+            }
             NetworkCmd::Disconnect {
                 force,
                 network,

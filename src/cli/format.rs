@@ -54,6 +54,7 @@ pub fn network_json(
                     "IPv6Address": "",
                     "Aliases": e.aliases,
                     "Host": e.host,
+                    "Ports": crate::cli::ports::ports_json(&e.ports),
                 }),
             )
         })

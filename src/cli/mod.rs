@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod fdb;
 pub mod format;
 pub mod network;
+pub mod ports;
 pub mod stats;
 pub mod template;
 

@@ -63,22 +63,8 @@ fn pings(cluster: &Cluster, from: &str, ip: &str) -> bool {
     cluster.ping(from, ip, 1, "-W 1").status.success()
 }
 
-/// The `inet vxnet` table without handles (they are the kernel's bookkeeping).
 fn ruleset(ns: &str) -> Value {
-    let out = sh(&format!("ip netns exec {ns} nft -j list table inet vxnet"));
-    let mut v: Value = serde_json::from_str(&out).expect("nft -j");
-    fn strip(v: &mut Value) {
-        match v {
-            Value::Object(m) => {
-                m.remove("handle");
-                m.values_mut().for_each(strip);
-            }
-            Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    strip(&mut v);
-    v
+    vxnet_ruleset(ns)
 }
 
 #[test]

@@ -291,6 +291,7 @@ impl Command<'_> {
             endpoint_id: id,
             runtime: RUNTIME_CNI.into(),
             interface: self.env.ifname.clone(),
+            publish: Vec::new(),
         }))?;
         match answer {
             Answer::Ok(resp) => match *resp {

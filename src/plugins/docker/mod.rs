@@ -170,8 +170,7 @@ impl<A: Api> Plugin<A> {
                 self.program_external(parse(path, body)?).await
             }
             "/NetworkDriver.RevokeExternalConnectivity" => {
-                let _: protocol::EndpointRef = parse(path, body)?;
-                empty()
+                self.revoke_external(parse(path, body)?).await
             }
             // Node discovery and global-scope allocation: swarm's, nothing to do here.
             "/NetworkDriver.DiscoverNew"

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use vxnet_controlplane::state::RUNTIME_DOCKER;
 use vxnet_proto::{
     AttachDockerNetwork, ConnectEndpoint, CreateNetwork, DetachDockerNetwork, DisconnectEndpoint,
-    EndpointLink, Network, NetworkList, api_request::Kind as Req,
+    EndpointLink, Network, NetworkList, SetEndpointPorts, api_request::Kind as Req,
 };
 
 use super::protocol::{self, CreatedInterface, InterfaceName, JoinResponse};
@@ -219,6 +219,7 @@ impl<A: Api> Plugin<A> {
                 endpoint_id: req.endpoint_id.clone(),
                 runtime: RUNTIME_DOCKER.into(),
                 interface: String::new(),
+                publish: Vec::new(),
             }))
             .await?;
         let Some(vxnet_proto::response::Kind::EndpointConnected(endpoint)) =
@@ -330,11 +331,29 @@ impl<A: Api> Plugin<A> {
     }
 
     pub(super) async fn program_external(&self, req: protocol::EndpointRef) -> Answer {
-        if protocol::publishes_ports(req.options.as_ref()) {
-            return Err(PluginError::failed(
-                "vxnet does not publish ports yet: run the container without -p/-P \
-                 (its network still has a way out through the host's gateway)",
-            ));
+        let ports = protocol::port_mappings(req.options.as_ref()).map_err(PluginError::failed)?;
+        self.call(Req::EndpointPorts(SetEndpointPorts {
+            endpoint_id: req.endpoint_id,
+            host: String::new(),
+            ports,
+        }))
+        .await?;
+        empty()
+    }
+
+    pub(super) async fn revoke_external(&self, req: protocol::EndpointRef) -> Answer {
+        let list = self.state().await?;
+        if list
+            .endpoints
+            .iter()
+            .any(|e| e.id == req.endpoint_id && !e.ports.is_empty())
+        {
+            self.call(Req::EndpointPorts(SetEndpointPorts {
+                endpoint_id: req.endpoint_id,
+                host: String::new(),
+                ports: Vec::new(),
+            }))
+            .await?;
         }
         empty()
     }

@@ -263,12 +263,65 @@ pub struct ErrorBody {
     pub err: String,
 }
 
-/// Whether a `com.docker.network.portmap` option asks for published ports.
-pub fn publishes_ports(options: Option<&Map<String, Value>>) -> bool {
-    options
-        .and_then(|o| o.get("com.docker.network.portmap"))
-        .and_then(Value::as_array)
-        .is_some_and(|ports| !ports.is_empty())
+/// One entry of `com.docker.network.portmap` (`-p`), as libnetwork's `types.PortBinding`.
+#[derive(Debug, Deserialize)]
+pub struct PortBinding {
+    /// IP protocol number: 6 TCP, 17 UDP.
+    #[serde(rename = "Proto", default)]
+    pub proto: u8,
+    /// The container's port.
+    #[serde(rename = "Port", default)]
+    pub port: u32,
+    /// The host address (empty: all).
+    #[serde(rename = "HostIP", default)]
+    pub host_ip: String,
+    /// The host port (0: Docker asks the driver to pick one).
+    #[serde(rename = "HostPort", default)]
+    pub host_port: u32,
+    /// The end of a host port range (0 or `host_port`: one port).
+    #[serde(rename = "HostPortEnd", default)]
+    pub host_port_end: u32,
+}
+
+/// The published ports a `com.docker.network.portmap` option asks for, as vxnet's mappings.
+pub fn port_mappings(
+    options: Option<&Map<String, Value>>,
+) -> Result<Vec<vxnet_proto::PortMapping>, String> {
+    let Some(list) = options.and_then(|o| o.get("com.docker.network.portmap")) else {
+        return Ok(Vec::new());
+    };
+    let bindings: Vec<PortBinding> =
+        serde_json::from_value(list.clone()).map_err(|e| format!("malformed port map: {e}"))?;
+    bindings
+        .into_iter()
+        .map(|b| {
+            let protocol = match b.proto {
+                6 => "tcp",
+                17 => "udp",
+                other => return Err(format!("protocol {other} cannot be published: tcp or udp")),
+            };
+            if b.host_port == 0 || (b.host_port_end != 0 && b.host_port_end != b.host_port) {
+                return Err(format!(
+                    "give the host port of {}/{protocol} (-p HOSTPORT:CONTAINERPORT): vxnet \
+                     does not pick host ports",
+                    b.port
+                ));
+            }
+            let host_ip = match b.host_ip.as_str() {
+                "" | "0.0.0.0" => String::new(),
+                ip => ip
+                    .parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| format!("host address {ip}: vxnet publishes on IPv4 only"))?
+                    .to_string(),
+            };
+            Ok(vxnet_proto::PortMapping {
+                protocol: protocol.into(),
+                host_ip,
+                host_port: b.host_port,
+                container_port: b.port,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -295,13 +348,15 @@ mod tests {
             r#"{"NetworkID":"a","EndpointID":"b","Options":{"com.docker.network.portmap":[]}}"#,
         )
         .unwrap();
-        assert!(!publishes_ports(endpoint.options.as_ref()));
+        assert!(port_mappings(endpoint.options.as_ref()).unwrap().is_empty());
         let published: EndpointRef = serde_json::from_str(
             r#"{"NetworkID":"a","EndpointID":"b","Options":{"com.docker.network.portmap":
             [{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}]}}"#,
         )
         .unwrap();
-        assert!(publishes_ports(published.options.as_ref()));
+        let ports = port_mappings(published.options.as_ref()).unwrap();
+        assert_eq!((ports[0].host_port, ports[0].container_port), (8080, 80));
+        assert_eq!(ports[0].protocol, "tcp");
     }
 
     #[test]

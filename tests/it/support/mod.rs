@@ -573,3 +573,21 @@ impl Cluster {
         (sent, received.trim().to_string())
     }
 }
+
+/// The `inet vxnet` table without handles (they are the kernel's bookkeeping).
+pub fn vxnet_ruleset(ns: &str) -> Value {
+    let out = sh(&format!("ip netns exec {ns} nft -j list table inet vxnet"));
+    let mut v: Value = serde_json::from_str(&out).expect("nft -j");
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("handle");
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
+}
