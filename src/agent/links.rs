@@ -54,6 +54,12 @@ pub fn host_veth_name(endpoint_id: &str) -> String {
     format!("vxv{}", endpoint_id.get(..12).unwrap_or(endpoint_id))
 }
 
+/// Name of a runtime-attached endpoint's container end while it waits in the agent's namespace
+/// for the runtime to move it.
+pub fn runtime_veth_name(endpoint_id: &str) -> String {
+    format!("vxc{}", endpoint_id.get(..12).unwrap_or(endpoint_id))
+}
+
 /// Frames the kernel dropped at network `vni`'s TAP because the agent did not read them in time
 /// (its queue was full): the one drop the data plane cannot count itself.
 pub fn tap_queue_drops(vni: Vni) -> u64 {
@@ -312,7 +318,8 @@ impl Reconciler {
     }
 
     /// Keeps a runtime-attached endpoint's host end on its bridge; `false` when the pair is
-    /// missing.
+    /// missing, or its container end was never moved into a sandbox (the runtime died between
+    /// Join and moving it).
     async fn check_runtime_endpoint(&self, endpoint: &Endpoint) -> Result<bool, IoError> {
         let Some(link) = self
             .netlink
@@ -321,6 +328,14 @@ impl Reconciler {
         else {
             return Ok(false);
         };
+        if self
+            .netlink
+            .link_by_name(&runtime_veth_name(&endpoint.id))
+            .await?
+            .is_some()
+        {
+            return Ok(false);
+        }
         let bridge = self
             .netlink
             .link_by_name(&bridge_name(endpoint.vni))

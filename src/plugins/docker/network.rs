@@ -103,7 +103,7 @@ pub fn attached<'a>(list: &'a NetworkList, host: &str, docker_id: &str) -> Optio
 
 /// The name of the container's end of an endpoint's pair before dockerd moves it.
 pub fn interface_name(endpoint_id: &str) -> String {
-    format!("vxc{}", short(endpoint_id))
+    crate::agent::links::runtime_veth_name(endpoint_id)
 }
 
 impl<A: Api> Plugin<A> {
