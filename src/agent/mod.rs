@@ -27,9 +27,8 @@ use vxnet_dataplane::fdb::Fib;
 use vxnet_dataplane::io::{DataPlane, DataPlaneConfig, IoError, Netlink};
 use vxnet_dataplane::stats::StatsRegistry;
 use vxnet_proto::{
-    Command, DisconnectEndpoint, ErrorKind, ForwardRequest, ForwardResponse, JoinRequest,
-    JoinResponse, NotLeader, Proposal, RegisterHost, Response, command, forward_response,
-    join_response, response,
+    Command, ErrorKind, ForwardRequest, ForwardResponse, JoinRequest, JoinResponse, NotLeader,
+    Proposal, RegisterHost, Response, command, forward_response, join_response, response,
 };
 
 use driver::{DriverHandle, ProposeOutcome};
@@ -600,16 +599,7 @@ impl Agent {
                 sandbox = endpoint.sandbox,
                 "sandbox vanished: disconnecting"
             );
-            let command = command::Kind::DisconnectEndpoint(DisconnectEndpoint {
-                network: endpoint.network_id.clone(),
-                sandbox: endpoint.sandbox.clone(),
-                host: endpoint.host.clone(),
-                force: true,
-                ..Default::default()
-            });
-            if let Err(e) = self.submit(command).await {
-                tracing::warn!("cannot disconnect {}: {e}", endpoint.name);
-            }
+            self.remove_gone(&endpoint).await;
         }
     }
 }

@@ -289,17 +289,7 @@ impl Agent {
                 ip = endpoint.ipv4,
                 "runtime endpoint has no interface (its sandbox or runtime is gone): removing it"
             );
-            let command = command::Kind::DisconnectEndpoint(DisconnectEndpoint {
-                network: endpoint.network_id.clone(),
-                sandbox: endpoint.sandbox.clone(),
-                host: endpoint.host.clone(),
-                force: true,
-                endpoint_id: endpoint.id.clone(),
-                release_address: true,
-            });
-            if let Err(e) = self.submit(command).await {
-                tracing::warn!("cannot remove endpoint {}: {e}", endpoint.name);
-            }
+            self.remove_gone(endpoint).await;
         }
         for (network, ipv4) in stale_reservations {
             tracing::info!(
@@ -315,6 +305,22 @@ impl Agent {
             if let Err(e) = self.submit(command).await {
                 tracing::warn!("cannot release a reservation: {e}");
             }
+        }
+    }
+
+    /// Removes one of this host's endpoints whose sandbox or runtime is gone, with the address
+    /// its runtime reserved (nobody is left to release it).
+    pub(super) async fn remove_gone(&self, endpoint: &vxnet_proto::Endpoint) {
+        let command = command::Kind::DisconnectEndpoint(DisconnectEndpoint {
+            network: endpoint.network_id.clone(),
+            sandbox: endpoint.sandbox.clone(),
+            host: endpoint.host.clone(),
+            force: true,
+            endpoint_id: endpoint.id.clone(),
+            release_address: !endpoint.runtime.is_empty(),
+        });
+        if let Err(e) = self.submit(command).await {
+            tracing::warn!("cannot remove endpoint {}: {e}", endpoint.name);
         }
     }
 

@@ -128,21 +128,11 @@ pub(crate) fn docker_ping(
     ip: Ipv4Addr,
     count: u32,
 ) -> (bool, String) {
-    let out = dc.docker(
+    let out = run_in_prod(
+        dc,
         i,
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "prod",
-            IMAGE,
-            "ping",
-            "-c",
-            &count.to_string(),
-            "-W",
-            "1",
-            &ip.to_string(),
-        ],
+        None,
+        &["ping", "-c", &count.to_string(), "-W", "1", &ip.to_string()],
     );
     (out.status.success(), output_text(&out))
 }
@@ -241,19 +231,11 @@ pub(crate) fn docker_contract() {
         attempts += 1;
         // Exactly the user's command (busybox's wget crashes with -T in a container); bounded
         // from outside.
-        let out = dc.docker_timeout(
+        let out = run_in_prod(
+            &dc,
             1,
-            Duration::from_secs(5),
-            &[
-                "run",
-                "--rm",
-                "--network",
-                "prod",
-                IMAGE,
-                "wget",
-                "-qO-",
-                &web_ip.to_string(),
-            ],
+            Some(Duration::from_secs(5)),
+            &["wget", "-qO-", &web_ip.to_string()],
         );
         out.status
             .success()
@@ -481,19 +463,7 @@ pub(crate) fn docker_contract() {
     let mut after_start = Vec::new();
     for _ in 0..20 {
         let t0 = boottime();
-        let out = dc.docker(
-            1,
-            &[
-                "run",
-                "--rm",
-                "--network",
-                "prod",
-                IMAGE,
-                "sh",
-                "-c",
-                &script,
-            ],
-        );
+        let out = run_in_prod(&dc, 1, None, &["sh", "-c", &script]);
         let text = output_text(&out);
         assert!(out.status.success(), "docker run → first ping: {text}");
         let clocks: Vec<f64> = String::from_utf8_lossy(&out.stdout)
@@ -659,19 +629,11 @@ pub(crate) fn docker_contract() {
         Duration::from_secs(15),
         "h2 → web after h1's dockerd restart",
     );
-    let out = dc.docker_timeout(
+    let out = run_in_prod(
+        &dc,
         1,
-        Duration::from_secs(10),
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "prod",
-            IMAGE,
-            "wget",
-            "-qO-",
-            &web_ip.to_string(),
-        ],
+        Some(Duration::from_secs(10)),
+        &["wget", "-qO-", &web_ip.to_string()],
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -679,20 +641,7 @@ pub(crate) fn docker_contract() {
         "wget web after the restart: {}",
         output_text(&out)
     );
-    dc.docker_ok(
-        0,
-        &[
-            "run",
-            "-d",
-            "--network",
-            "prod",
-            "--name",
-            "after",
-            IMAGE,
-            "sleep",
-            "600",
-        ],
-    );
+    run_sleeper(&dc, 0, "after");
     let after_ip = dc.container_ip(0, "after");
     assert_reaches(
         &dc,
@@ -779,4 +728,39 @@ pub(crate) fn run_web(dc: &DockerCluster) {
             "/www",
         ],
     );
+}
+
+/// `docker run --rm --network prod local/busybox CMD...` on host `i`, killed after `timeout`
+/// if one is given; the output whatever the status.
+pub(crate) fn run_in_prod(
+    dc: &DockerCluster,
+    i: usize,
+    timeout: Option<Duration>,
+    cmd: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["run", "--rm", "--network", "prod", IMAGE];
+    args.extend_from_slice(cmd);
+    match timeout {
+        Some(timeout) => dc.docker_timeout(i, timeout, &args),
+        None => dc.docker(i, &args),
+    }
+}
+
+/// `docker run -d --network prod --name NAME local/busybox sleep 600` on host `i`; the
+/// container's id.
+pub(crate) fn run_sleeper(dc: &DockerCluster, i: usize, name: &str) -> String {
+    dc.docker_ok(
+        i,
+        &[
+            "run",
+            "-d",
+            "--network",
+            "prod",
+            "--name",
+            name,
+            IMAGE,
+            "sleep",
+            "600",
+        ],
+    )
 }

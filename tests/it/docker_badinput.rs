@@ -25,20 +25,7 @@ fn docker_plugin_bad_input() {
     for i in 0..2 {
         dc.docker_ok(i, &create_args(SUBNET, "vxnet.network=prod", "prod"));
     }
-    dc.docker_ok(
-        0,
-        &[
-            "run",
-            "-d",
-            "--network",
-            "prod",
-            "--name",
-            "keeper",
-            IMAGE,
-            "sleep",
-            "600",
-        ],
-    );
+    run_sleeper(&dc, 0, "keeper");
     let keeper_ip = dc.container_ip(0, "keeper");
     let keeper_ep = dc.endpoint_id(0, "keeper");
     let known_net = dc.docker_ok(0, &["network", "inspect", "-f", "{{.Id}}", "prod"]);

@@ -106,20 +106,7 @@ fn docker_crash_leaves_nothing_behind() {
     run_web(&dc);
     let web_ip = dc.container_ip(0, "web");
     let web_ep = dc.endpoint_id(0, "web");
-    let victim_id = dc.docker_ok(
-        1,
-        &[
-            "run",
-            "-d",
-            "--network",
-            "prod",
-            "--name",
-            "victim",
-            IMAGE,
-            "sleep",
-            "600",
-        ],
-    );
+    let victim_id = run_sleeper(&dc, 1, "victim");
     let victim_ip = dc.container_ip(1, "victim");
     let victim_ep = dc.endpoint_id(1, "victim");
     let victim_addr = victim_ip.to_string();

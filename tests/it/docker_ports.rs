@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::docker::{
-    Phases, SUBNET, create_args, endpoints, remove_all_containers, vxv_links, wait_for_or,
+    Phases, SUBNET, create_args, endpoints, remove_all_containers, run_in_prod, vxv_links,
+    wait_for_or,
 };
 use crate::ports::{OUTSIDE_IP, ports, ports_of, ruleset, ruleset_diff};
 use crate::support::docker::*;
@@ -80,19 +81,11 @@ fn wait_http(
 /// bounded from outside: the page or `error: ...`.
 fn wget_from_container(dc: &DockerCluster, i: usize, host: &str, port: u16) -> String {
     let url = format!("http://{host}:{port}/");
-    let out = dc.docker_timeout(
+    let out = run_in_prod(
+        dc,
         i,
-        Duration::from_secs(10),
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "prod",
-            IMAGE,
-            "wget",
-            "-qO-",
-            &url,
-        ],
+        Some(Duration::from_secs(10)),
+        &["wget", "-qO-", &url],
     );
     if out.status.success() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
