@@ -36,7 +36,8 @@ down() {
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX-" || true); do
     ip netns del "$ns" 2>/dev/null || true
   done
-  rm -rf "$RUN" "$STATE"
+  # The agents write each container's resolv.conf there (removed on disconnect; not after kill -9).
+  rm -rf "$RUN" "$STATE" /etc/netns/"$PREFIX"-*
 }
 
 install_deps() {

@@ -17,8 +17,9 @@ have() {
 # reference portmap plugin, which needs iptables, a dependency of the package;
 # tests/it/cni_podman.rs runs podman with its CNI backend). Without them those parts print
 # "skipped" and pass. podman comes without its recommends (buildah, slirp4netns, ...).
+# bind9-dnsutils: `dig`, which the resolver tests (tests/it/dns*.rs) ask with.
 need_pkgs=()
-for tool in ip:iproute2 ping:iputils-ping nc:netcat-openbsd tcpdump:tcpdump tshark:tshark iperf3:iperf3 ethtool:ethtool python3:python3 nft:nftables dockerd:docker.io busybox:busybox-static podman:podman; do
+for tool in ip:iproute2 ping:iputils-ping nc:netcat-openbsd tcpdump:tcpdump tshark:tshark iperf3:iperf3 ethtool:ethtool python3:python3 nft:nftables dockerd:docker.io busybox:busybox-static podman:podman dig:bind9-dnsutils; do
   have "${tool%%:*}" || need_pkgs+=("${tool#*:}")
 done
 [ -x /usr/lib/cni/portmap ] || need_pkgs+=(containernetworking-plugins)

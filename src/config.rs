@@ -45,6 +45,8 @@ pub struct Settings {
     pub busy_poll: Option<u64>,
     /// `--docker-plugin` (socket path).
     pub docker_plugin: Option<PathBuf>,
+    /// `--dns-upstream` (repeatable: `IP` or `IP:PORT`).
+    pub dns_upstream: Option<Vec<String>>,
 }
 
 /// `--offload on|off`.
@@ -121,6 +123,7 @@ impl Settings {
             offload: self.offload.or(file.offload),
             busy_poll: self.busy_poll.or(file.busy_poll),
             docker_plugin: self.docker_plugin.or(file.docker_plugin),
+            dns_upstream: self.dns_upstream.or(file.dns_upstream),
         }
     }
 
@@ -134,6 +137,13 @@ impl Settings {
                 "--bootstrap and --join exclude each other".into(),
             ));
         }
+        let dns_upstream = self
+            .dns_upstream
+            .unwrap_or_default()
+            .iter()
+            .map(|text| crate::agent::dns::parse_upstream(text))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Conflict)?;
         Ok(AgentConfig {
             name,
             data_dir: self
@@ -159,6 +169,7 @@ impl Settings {
                 std::time::Duration::from_micros,
             ),
             docker_plugin: self.docker_plugin,
+            dns_upstream,
         })
     }
 }
@@ -170,7 +181,7 @@ mod tests {
     #[test]
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {
         let file = Settings::from_toml(
-            "name = \"h1\"\nunderlay = \"192.168.200.1\"\ndata-dir = \"/srv/vx\"\nworkers = 4\njoin = \"192.168.200.2:7946\"\ndocker-plugin = \"/run/docker/plugins/vxnet.sock\"\n",
+            "name = \"h1\"\nunderlay = \"192.168.200.1\"\ndata-dir = \"/srv/vx\"\nworkers = 4\njoin = \"192.168.200.2:7946\"\ndocker-plugin = \"/run/docker/plugins/vxnet.sock\"\ndns-upstream = [\"10.0.0.2\", \"10.0.0.3:5353\"]\n",
         )
         .unwrap();
         let flags = Settings {
@@ -179,6 +190,8 @@ mod tests {
         };
         let config = flags.over(file).into_agent_config().unwrap();
         assert_eq!(config.name, "h1");
+        let upstreams: Vec<String> = config.dns_upstream.iter().map(|a| a.to_string()).collect();
+        assert_eq!(upstreams, ["10.0.0.2:53", "10.0.0.3:5353"]);
         assert_eq!(config.data_dir, PathBuf::from("/srv/vx"));
         assert_eq!(config.workers, 1);
         assert_eq!(config.vxlan_port, 4789);

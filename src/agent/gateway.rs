@@ -10,8 +10,9 @@
 //!   - forward: within a network, anything; into another vxnet network (on any host), nothing;
 //!     out of a non-internal network, anything (replies come back by conntrack); into it, only
 //!     replies and the cluster's hosts; an `--internal` network forwards nothing either way;
-//!   - input: a container reaches its host only with replies to the host's own connections and
-//!     with pings to its gateway;
+//!   - input: a container reaches its host only with replies to the host's own connections,
+//!     with pings to its gateway and with DNS (port 53, UDP and TCP) to its gateway, where the
+//!     embedded resolver listens (`dns/`); nobody else reaches that port of a gateway address;
 //!   - postrouting: what leaves a non-internal network for an address outside every vxnet
 //!     network is masqueraded to this host's address;
 //!   - neither the VXLAN datagrams nor traffic inside a network (bridged, but seen here when
@@ -348,6 +349,24 @@ pub fn ruleset(plan: &GatewayPlan) -> Nftables<'static> {
                 }),
             ],
         ));
+        // Only a network's own containers (above) and the host itself ask the resolver on its
+        // gateway address: a query from the underlay could carry a container's address.
+        // One rule, whose first comparisons fail fast for the VXLAN datagrams.
+        let gateways = plan
+            .local
+            .iter()
+            .map(|n| text(&n.gateway.to_string()))
+            .collect();
+        rules.push((
+            "input",
+            vec![
+                is(meta(MetaKey::L4proto), set(vec![text("udp"), text("tcp")])),
+                is(field("th", "dport"), Expression::Number(53)),
+                is(field("ip", "daddr"), set(gateways)),
+                is_not(meta(MetaKey::Iifname), text("lo")),
+                DROP,
+            ],
+        ));
     }
     for chain in ["notrack_in", "notrack_out"] {
         rules.push((
@@ -476,6 +495,18 @@ pub fn ruleset(plan: &GatewayPlan) -> Nftables<'static> {
                 ACCEPT,
             ],
         ));
+        // The embedded resolver listens on the gateway address (`dns/`).
+        for protocol in ["udp", "tcp"] {
+            rules.push((
+                "from_networks",
+                vec![
+                    iif(),
+                    is(field("ip", "daddr"), text(&net.gateway.to_string())),
+                    is(field(protocol, "dport"), Expression::Number(53)),
+                    ACCEPT,
+                ],
+            ));
+        }
         rules.push(("from_networks", vec![iif(), DROP]));
     }
     for (chain, expr) in rules {
@@ -685,14 +716,26 @@ mod tests {
         let input = rules_of(&json, "input");
         assert_eq!(
             input.len(),
-            1,
-            "one jump for packets from the bridges: {input:?}"
+            2,
+            "one jump for packets from the bridges, one guard of the resolver: {input:?}"
+        );
+        assert!(
+            input[1].contains("\"th\"") && input[1].contains("10.41.0.1"),
+            "{input:?}"
         );
         let from_networks = rules_of(&json, "from_networks");
         assert_eq!(
             from_networks.len(),
-            6,
-            "three per network: replies, ping, drop"
+            10,
+            "five per network: replies, ping, DNS over UDP and TCP, drop"
+        );
+        assert!(
+            from_networks
+                .iter()
+                .filter(|r| r.contains("\"dport\"") && r.contains("53"))
+                .count()
+                == 4,
+            "port 53 of each gateway: {from_networks:?}"
         );
         // The same plan gives the same bytes (so a restart installs an identical table).
         assert_eq!(serde_json::to_value(ruleset(&plan)).expect("json"), json);

@@ -90,6 +90,19 @@ impl Collector for AgentCollector {
             suppressed,
             tap_drops,
         ] = per_network;
+        let dns: Vec<Row<u64>> = agent
+            .dns
+            .counters()
+            .into_iter()
+            .filter(|(outcome, _)| *outcome != "queries")
+            .map(|(outcome, n)| (vec![("outcome", outcome.to_string())], n))
+            .collect();
+        counter(
+            &mut encoder,
+            "vxnet_dns_queries",
+            "Questions to the embedded resolver, by outcome",
+            &dns,
+        )?;
         counter(
             &mut encoder,
             "vxnet_network_rx_packets",

@@ -2,6 +2,7 @@
 //! and forwarding table in step with the replicated state.
 
 mod admission;
+pub mod dns;
 pub mod driver;
 pub mod fibsync;
 pub mod gateway;
@@ -78,6 +79,8 @@ pub struct AgentConfig {
     pub busy_poll: std::time::Duration,
     /// Where to serve Docker's remote driver protocol, if anywhere.
     pub docker_plugin: Option<PathBuf>,
+    /// Upstream resolvers for names outside vxnet (empty: the host's /etc/resolv.conf).
+    pub dns_upstream: Vec<SocketAddr>,
 }
 
 /// Why the agent could not start or had to stop.
@@ -171,6 +174,8 @@ pub struct Agent {
     pub commit_latency: prometheus_client::metrics::histogram::Histogram,
     /// What runtimes left behind, waiting out its grace period.
     pub leftovers: std::sync::Mutex<runtimes::Leftovers>,
+    /// The embedded resolver and the sandboxes' resolv.conf.
+    pub dns: dns::Dns,
 }
 
 /// Random bytes for request ids, network and endpoint ids (the `getrandom` crate, as the peer
@@ -300,6 +305,7 @@ impl Agent {
             queue_len: 1024,
         })
         .await?;
+        let cluster_id = node.cluster_id();
         let (driver, _raft_thread) = driver::spawn(node, transport.clone(), TICK, seed_peers);
 
         let netlink = Netlink::new()?;
@@ -330,7 +336,17 @@ impl Agent {
             Arc::clone(&fib),
             Arc::clone(&stats),
         )?);
+        let dns = {
+            let driver = driver.clone();
+            dns::Dns::new(
+                &config.name,
+                cluster_id,
+                Box::new(move || Arc::clone(&driver.view().state)),
+                dns::Upstreams::new(config.dns_upstream.clone(), "/etc/resolv.conf".into()),
+            )
+        };
         let agent = Arc::new(Agent {
+            dns,
             reconciler: Reconciler {
                 host: config.name.clone(),
                 mtu,
@@ -571,9 +587,13 @@ impl Agent {
                 for error in self.reconciler.refresh(&state).await {
                     tracing::warn!("reconcile: {error}");
                 }
+                for error in self.dns.sync(&state, false).await {
+                    tracing::warn!("reconcile: {error}");
+                }
                 return;
             }
-            let report = self.reconciler.reconcile(&state).await;
+            let mut report = self.reconciler.reconcile(&state).await;
+            report.errors.extend(self.dns.sync(&state, true).await);
             *memo = if report.errors.is_empty()
                 && report.vanished.is_empty()
                 && report.unlinked.is_empty()

@@ -201,6 +201,9 @@ pub(super) fn stats(agent: &Agent) -> ApiResponse {
             super::links::tap_queue_drops(table.vni()),
         );
     }
+    for (name, count) in agent.dns.counters() {
+        counters.insert(format!("dns.{name}"), count);
+    }
     counters.insert("fib.mac_entries".into(), fib.mac_count() as u64);
     counters.insert("raft.term".into(), view.term);
     counters.insert("raft.commit_index".into(), view.commit_index);

@@ -401,8 +401,15 @@ pub async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
             if connect.endpoint_id.is_empty() {
                 connect.endpoint_id = random_id();
             }
+            if let Some(refused) = check_dns_names(&connect) {
+                return refused;
+            }
             if connect.name.is_empty() {
-                connect.name = connect.sandbox.clone();
+                // A named netns's name is the endpoint's (DNS) name; a PID or another path
+                // names the endpoint but is no DNS name (only its aliases resolve).
+                connect.name = super::dns::resolvconf::netns_name(&connect.sandbox)
+                    .unwrap_or(&connect.sandbox)
+                    .to_string();
             }
             let result = agent
                 .submit(command::Kind::ConnectEndpoint(connect.clone()))
@@ -476,6 +483,7 @@ pub async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
             if result.is_ok() {
                 let _guard = agent.links_lock.lock().await;
                 let _ = agent.reconciler.remove_all().await;
+                let _ = agent.dns.remove_all().await;
                 tracing::info!("left the cluster");
             }
             from_submit(result)
@@ -498,6 +506,29 @@ pub async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
         Req::EndpointUnlink(link) => runtimes::unlink(agent, link).await,
         Req::EndpointPorts(ports) => runtimes::set_ports(agent, ports).await,
     }
+}
+
+/// Refuses a connect from the CLI whose `--name` or an `--alias` cannot be a DNS name (a
+/// runtime's names, such as a CNI container id, are kept even when they are not: they only do
+/// not resolve).
+fn check_dns_names(connect: &vxnet_proto::ConnectEndpoint) -> Option<ApiResponse> {
+    if !connect.runtime.is_empty() {
+        return None;
+    }
+    let given = (!connect.name.is_empty()).then_some(("name", &connect.name));
+    let aliases = connect.aliases.iter().map(|a| ("alias", a));
+    for (what, name) in given.into_iter().chain(aliases) {
+        if !super::dns::is_dns_name(name) {
+            return Some(error(
+                ErrorKind::Invalid,
+                format!(
+                    "invalid {what} {name:?}: a DNS name is dot-separated labels of 1 to 63 \
+                     letters, digits, '-' or '_', not all digits"
+                ),
+            ));
+        }
+    }
+    None
 }
 
 /// Writes one response frame.

@@ -111,7 +111,11 @@ enum NetworkCmd {
         /// IPv4 address (otherwise the next free one).
         #[arg(long)]
         ip: Option<String>,
-        /// Network-scoped alias (stored; name resolution comes with the DNS work).
+        /// The container's DNS name on the network [default: the netns's name; a PID has none].
+        #[arg(long)]
+        name: Option<String>,
+        /// Network-scoped alias: another DNS name of the container (repeatable; several
+        /// containers may share one).
         #[arg(long)]
         alias: Vec<String>,
         /// Publish a port on this host: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], ranges
@@ -295,6 +299,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             NetworkCmd::Prune { force } => network::prune(&api, force, console),
             NetworkCmd::Connect {
                 ip,
+                name,
                 alias,
                 publish,
                 network,
@@ -312,6 +317,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ConnectEndpoint {
                         network,
                         sandbox,
+                        name: name.unwrap_or_default(),
                         aliases: alias,
                         requested_ipv4: ip,
                         publish: mappings,

@@ -68,6 +68,10 @@ struct Flags {
     /// --ipam-driver vxnet ...`).
     #[arg(long, value_name = "PATH")]
     docker_plugin: Option<PathBuf>,
+    /// Where the embedded resolver forwards names outside vxnet: IP or IP:PORT (repeatable)
+    /// [default: the nameservers of /etc/resolv.conf, re-read when it changes].
+    #[arg(long, value_name = "ADDR")]
+    dns_upstream: Vec<String>,
     /// Test builds: panic at SITE (`raft`, `reconcile`) after --fault-after-ms.
     #[cfg(feature = "fault-injection")]
     #[arg(long, hide = true, value_name = "SITE")]
@@ -78,12 +82,18 @@ struct Flags {
     fault_after_ms: u64,
 }
 
+/// The log filter without RUST_LOG.
+const DEFAULT_LOG: &str = "info,hickory_server=error,hickory_proto=error,hickory_net=error";
+
 fn main() -> ExitCode {
     let flags = Flags::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // hickory's server logs every DNS query at info and every undeliverable answer
+                // at warn: the resolver's counters (`vxnet stats`) say it without a write per
+                // query (RUST_LOG=hickory_server=info brings them back).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_ansi(false)
         .init();
@@ -115,6 +125,7 @@ fn main() -> ExitCode {
         offload: flags.offload,
         busy_poll: flags.busy_poll,
         docker_plugin: flags.docker_plugin,
+        dns_upstream: (!flags.dns_upstream.is_empty()).then_some(flags.dns_upstream),
     };
     let config = match from_flags.over(file).into_agent_config() {
         Ok(config) => config,

@@ -111,6 +111,11 @@ pub(crate) fn remove_netns(ns: &str) {
         .args(["netns", "del", ns])
         .stderr(Stdio::null())
         .status();
+    // `ip netns exec NS` bind-mounts files of /etc/netns/NS (the agents write a sandbox's
+    // resolv.conf there; tests may give a host one): they go with the namespace.
+    if !ns.is_empty() && !ns.contains('/') {
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(ns));
+    }
 }
 
 /// Runs [`cleanup`] when dropped: at the end of `main`'s scope or while a panic unwinds.

@@ -281,12 +281,20 @@ impl Command<'_> {
             .filter(|n| !n.is_empty())
             .cloned()
             .unwrap_or_else(|| self.env.container_id.clone());
+        // Podman passes `--network-alias` through the `aliases` capability.
+        let aliases = self
+            .conf
+            .runtime_config
+            .aliases
+            .get(&self.conf.name)
+            .cloned()
+            .unwrap_or_default();
         let answer = self.send(Req::NetworkConnect(ConnectEndpoint {
             network: network.id.clone(),
             host: String::new(),
             sandbox: self.env.netns.clone(),
             name,
-            aliases: Vec::new(),
+            aliases,
             requested_ipv4: None,
             endpoint_id: id,
             runtime: RUNTIME_CNI.into(),
@@ -335,7 +343,14 @@ impl Command<'_> {
                 })
                 .into_iter()
                 .collect(),
-            dns: Dns::default(),
+            // The embedded resolver answers on the gateway address (internal networks too).
+            dns: Dns {
+                nameservers: (!network.gateway.is_empty())
+                    .then(|| network.gateway.clone())
+                    .into_iter()
+                    .collect(),
+                ..Dns::default()
+            },
         }
     }
 

@@ -73,6 +73,17 @@ pub struct NetConf {
     /// GC: the attachments the runtime still has.
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// Capability arguments (`"capabilities": {"aliases": true}` in the network config).
+    #[serde(rename = "runtimeConfig", default)]
+    pub runtime_config: RuntimeConfig,
+}
+
+/// The runtime's capability arguments vxnet uses.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// `aliases`: network name → the container's DNS aliases on it (podman's format).
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// An interface in a result.

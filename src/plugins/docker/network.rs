@@ -17,6 +17,39 @@ use super::{Answer, Api, Plugin, PluginError, empty, ipam, json};
 pub const OPT_NETWORK: &str = "vxnet.network";
 /// `-o vxnet.vni=N`: the VNI of a network created here.
 pub const OPT_VNI: &str = "vxnet.vni";
+/// `docker network connect --driver-opt vxnet.name=NAME`: the endpoint's DNS name.
+pub const OPT_NAME: &str = "vxnet.name";
+/// `docker network connect --driver-opt vxnet.alias='A;B'`: its DNS aliases.
+pub const OPT_ALIAS: &str = "vxnet.alias";
+
+/// The DNS name and aliases a user gave an endpoint with `--driver-opt` (Docker passes drivers
+/// neither the container's name nor its `--alias`); every one must be a DNS name.
+pub fn endpoint_names(
+    options: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(Option<String>, Vec<String>), String> {
+    let text = |key: &str| options.get(key).and_then(|v| v.as_str()).map(str::trim);
+    let name = text(OPT_NAME).filter(|n| !n.is_empty()).map(str::to_string);
+    let aliases: Vec<String> = text(OPT_ALIAS)
+        .unwrap_or_default()
+        // Docker's CLI splits `--driver-opt` at commas unless quoted: `;` and spaces work too.
+        .split([',', ';', ' '])
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    for (key, value) in name
+        .iter()
+        .map(|n| (OPT_NAME, n))
+        .chain(aliases.iter().map(|a| (OPT_ALIAS, a)))
+    {
+        if !crate::agent::dns::is_dns_name(value) {
+            return Err(format!(
+                "--driver-opt {key}={value}: not a DNS name (labels of letters, digits, '-' or '_')"
+            ));
+        }
+    }
+    Ok((name, aliases))
+}
 const GENERIC: &str = "com.docker.network.generic";
 const INTERNAL: &str = "com.docker.network.internal";
 const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
@@ -208,13 +241,14 @@ impl<A: Api> Plugin<A> {
                 "the endpoint has no IPv4 address: create the network with --ipam-driver vxnet",
             ));
         }
+        let (name, aliases) = endpoint_names(&req.options).map_err(PluginError::failed)?;
         let response = self
             .call(Req::NetworkConnect(ConnectEndpoint {
                 network: network.id.clone(),
                 host: String::new(),
                 sandbox: format!("docker:{}", short(&req.endpoint_id)),
-                name: format!("docker-{}", short(&req.endpoint_id)),
-                aliases: Vec::new(),
+                name: name.unwrap_or_else(|| format!("docker-{}", short(&req.endpoint_id))),
+                aliases,
                 requested_ipv4: Some(strip_prefix(&interface.address).to_string()),
                 endpoint_id: req.endpoint_id.clone(),
                 runtime: RUNTIME_DOCKER.into(),
@@ -363,6 +397,25 @@ impl<A: Api> Plugin<A> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn driver_opts_name_the_endpoint() {
+        let options = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        let given = options(json!({
+            "vxnet.name": "web", "vxnet.alias": "api; www",
+            "com.docker.network.portmap": [],
+        }));
+        assert_eq!(
+            endpoint_names(&given).unwrap(),
+            (
+                Some("web".to_string()),
+                vec!["api".to_string(), "www".to_string()]
+            )
+        );
+        assert_eq!(endpoint_names(&options(json!({}))).unwrap(), (None, vec![]));
+        let bad = endpoint_names(&options(json!({"vxnet.alias": "ok,no.way."}))).unwrap_err();
+        assert!(bad.contains("vxnet.alias=no.way."), "{bad}");
+    }
 
     #[test]
     fn options_map_to_vxnets() {

@@ -97,6 +97,10 @@ pub struct CreateEndpoint {
     /// The addresses Docker's IPAM call returned.
     #[serde(rename = "Interface", default)]
     pub interface: Option<EndpointInterface>,
+    /// Endpoint options: Docker's own (`com.docker.network.*`) and the user's
+    /// `docker network connect --driver-opt KEY=VALUE`.
+    #[serde(rename = "Options", default)]
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The interface in `CreateEndpoint`'s answer: only what the driver chose.

@@ -147,7 +147,7 @@ impl Agent {
             netns: &self.netns,
             args: &self.args,
             log: &self.log,
-            default_log_level: "info",
+            default_log_level: "info,hickory_server=error,hickory_proto=error,hickory_net=error",
             die_with_parent: false,
         };
         self.proc = Some(must(match self.enter_pid {

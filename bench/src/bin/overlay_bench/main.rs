@@ -27,15 +27,18 @@
 //! SIGINT/SIGTERM/SIGHUP. Nothing is asserted: it reports. Only addresses inside the namespaces
 //! it creates are ever used.
 
+#[path = "../common/harness.rs"]
+mod harness;
 mod measure;
 mod probes;
 mod report;
+#[path = "../common/sock.rs"]
+mod sock;
 mod topology;
 mod traffic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -195,27 +198,6 @@ fn main() {
     }
 }
 
-fn require_tools() -> Result<()> {
-    let missing: Vec<&str> = ["ip", "bridge", "ping", "iperf3"]
-        .into_iter()
-        .filter(|t| {
-            !Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {t}"))
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "missing tools: {} (apt-get install -y iproute2 iputils-ping iperf3)",
-            missing.join(" ")
-        );
-    }
-    Ok(())
-}
-
 fn run(mut opts: Cli) -> Result<()> {
     // Zero means once, as it always did.
     opts.runs = opts.runs.max(1);
@@ -227,7 +209,10 @@ fn run(mut opts: Cli) -> Result<()> {
             std::env::args().next().unwrap_or_default()
         );
     }
-    require_tools()?;
+    harness::require_tools(
+        &["ip", "bridge", "ping", "iperf3"],
+        "iproute2 iputils-ping iperf3",
+    )?;
     let started = Instant::now();
     let _guard = CleanupGuard;
     install_signal_handlers(|_| {

@@ -12,6 +12,8 @@ use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use vxnet_testkit::stats::percentile;
 
+use crate::sock::{recv_batch, set_int_opt};
+
 /// Datagrams per sendmmsg/recvmmsg call.
 const BATCH: usize = 64;
 
@@ -172,16 +174,7 @@ fn set_buf(fd: libc::c_int, opt: libc::c_int, bytes: libc::c_int) {
             libc::SO_RCVBUFFORCE
         },
     ] {
-        // SAFETY: setsockopt reads one c_int from a live local.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                o,
-                (&raw const bytes).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        set_int_opt(fd, o, bytes);
     }
 }
 
@@ -193,17 +186,7 @@ fn reuseport_socket(port: u16) -> Result<UdpSocket> {
     }
     // SAFETY: fd is a fresh socket nobody else owns.
     let sock = unsafe { UdpSocket::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads one c_int from a live local.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    set_int_opt(fd, libc::SO_REUSEPORT, 1);
     // SAFETY: sockaddr_in is plain data; zeroed is valid, then filled in.
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     addr.sin_family = libc::AF_INET as libc::sa_family_t;
@@ -256,15 +239,7 @@ fn udp_sink(port: u16, warmup: Duration, window: Duration, threads: usize) -> Re
                 loop {
                     // SAFETY: msgs holds BATCH headers whose iovecs point into `bufs`, all
                     // alive and exclusively ours for the call.
-                    let n = unsafe {
-                        libc::recvmmsg(
-                            fd,
-                            msgs.as_mut_ptr(),
-                            BATCH as libc::c_uint,
-                            libc::MSG_WAITFORONE,
-                            std::ptr::null_mut(),
-                        )
-                    };
+                    let n = unsafe { recv_batch(fd, &mut msgs, libc::MSG_WAITFORONE) };
                     let now = Instant::now();
                     if n > 0 {
                         let start = *first.get_or_init(|| now) + warmup;

@@ -4,12 +4,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use serde_json::{Value, json};
-use vxnet_testkit::agent::{AgentCmd, agent_args, vxnet_cli, wait_api, wait_members};
+use vxnet_testkit::agent::{AgentCmd, agent_args, wait_api, wait_members};
 use vxnet_testkit::netns::{
     Proc, add_netns, build_underlay, ipv4_of, log_tail, ping, plug, prefix, sh, wait_for,
 };
+
+use crate::harness;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -79,17 +81,7 @@ impl Topo {
     /// `vxnet ARGS` against agent `agent`'s API; its stdout.
     pub fn vxnet(&self, agent: usize, args: &[&str]) -> Result<String> {
         let a = &self.agents[agent];
-        let out = vxnet_cli(&self.vxnet_cli, &a.api, args)?;
-        if !out.status.success() {
-            bail!(
-                "vxnet {} on {}: {}{}",
-                args.join(" "),
-                a.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        harness::vxnet(&self.vxnet_cli, &a.api, &a.name, args)
     }
 
     /// Per-interface counters (drops!) of every host and container namespace, for the record.

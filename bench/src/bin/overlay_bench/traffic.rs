@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use vxnet_testkit::netns::{Proc, ping as ping_in};
+use vxnet_testkit::netns::Proc;
 use vxnet_testkit::stats::percentile;
 
+use crate::harness::ping_rtts_us;
 use crate::measure::CpuSnap;
 use crate::topology::Topo;
 
@@ -28,22 +29,9 @@ pub const PING_INTERVAL_S: f64 = 0.005;
 pub type Figures = BTreeMap<&'static str, f64>;
 
 pub fn ping(topo: &Topo, count: u32) -> Result<Figures> {
-    let out = ping_in(
-        &topo.containers[0],
-        &topo.dst,
-        &format!("-c {count} -i {PING_INTERVAL_S} -W 1"),
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut us: Vec<f64> = text
-        .lines()
-        .filter_map(|l| l.split("time=").nth(1))
-        .filter_map(|t| t.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|ms| ms * 1000.0)
-        .collect();
-    if us.is_empty() {
-        bail!("ping {}: no replies\n{text}", topo.kind.name());
-    }
-    us.sort_by(f64::total_cmp);
+    // On failure, with the error's chain: "ping <kind>: no replies\n<ping's output>".
+    let us = ping_rtts_us(&topo.containers[0], &topo.dst, count, PING_INTERVAL_S)
+        .with_context(|| format!("ping {}", topo.kind.name()))?;
     let n = us.len() as f64;
     Ok(BTreeMap::from([
         ("ping_p50_us", percentile(&us, 50.0)),
