@@ -8,7 +8,10 @@
 //! and endpoint changes, heartbeats are not logged), one append-only file with CRC'd records is
 //! enough, and raft-engine would cost minutes of compile time on a 2-core builder.
 //!
-//! Layout of the data directory:
+//! Layout of the data directory (mode 0700, its files 0600: the replicated state holds the
+//! cluster's CA key and join key, so reading the data dir is as good as holding the join token;
+//! [`DiskStorage::create`] and [`DiskStorage::open`] remove group and other permissions from a
+//! directory or file that has them, and log what they changed):
 //! - `meta`: this node's Raft id and the cluster id (written once, at creation);
 //! - `snapshot`: the latest Raft snapshot (state machine data + index/term + `ConfState`),
 //!   written to a temporary file, fsynced, renamed, directory fsynced;
@@ -44,8 +47,9 @@
 //!   refuses otherwise), so a restart never sees applied > committed.
 
 use std::cell::Cell;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -57,6 +61,12 @@ const WAL: &str = "wal";
 const SNAPSHOT: &str = "snapshot";
 const META: &str = "meta";
 const SNAP_MAGIC: &[u8; 8] = b"VXSNAP1\0";
+/// Mode of the data dir: owner only (it holds the cluster's keys).
+const DIR_MODE: u32 = 0o700;
+/// Mode of every file the storage creates.
+const FILE_MODE: u32 = 0o600;
+/// Permission bits of group and other, removed from the data dir and its files on open.
+const GROUP_OTHER: u32 = 0o077;
 const HEADER: usize = 9;
 const KIND_BATCH: u8 = 1;
 /// Smallest batch payload: the HardState length and the entry count.
@@ -340,7 +350,9 @@ impl DiskStorage {
         if Self::exists(dir) {
             return Err(StorageError::AlreadyInitialized(dir.to_path_buf()));
         }
-        fs::create_dir_all(dir).map_err(io("create", dir))?;
+        create_data_dir(dir).map_err(io("create", dir))?;
+        // The dir may have existed (made by hand, or by an older vxnetd) with looser modes.
+        restrict_permissions(dir)?;
         let fault = opts.fault.as_ref();
         let snapshot = initial.unwrap_or_default();
         let mut hs = HardState::default();
@@ -372,12 +384,14 @@ impl DiskStorage {
     }
 
     /// Opens an existing node's storage, recovering from a crash mid-write. Damage (anything
-    /// but a torn final WAL record) is [`StorageError::Corrupt`], and the files are left as
-    /// they are.
+    /// but a torn final WAL record) is [`StorageError::Corrupt`], and the files' contents are
+    /// left as they are. Group and other permissions are removed from the directory and its
+    /// files first (a data dir written by a release that did not set modes).
     pub fn open(dir: &Path, opts: StorageOptions) -> Result<DiskStorage> {
         if !Self::exists(dir) {
             return Err(StorageError::NotInitialized(dir.to_path_buf()));
         }
+        restrict_permissions(dir)?;
         let meta_path = dir.join(META);
         if !meta_path.exists() {
             return Err(StorageError::Corrupt {
@@ -945,6 +959,7 @@ fn replace_file(
         let mut f = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(&tmp)
             .map_err(io("create", &tmp))?;
         write_data(fault, &mut f, data).map_err(io("write", &tmp))?;
@@ -959,6 +974,59 @@ fn replace_file(
             Err(e)
         }
     }
+}
+
+/// Creates the data dir `dir` with mode 0700 if it is missing (the agent calls it before it
+/// binds anything, storage again on creation). Missing parents get the default mode: they are
+/// not ours to lock (`/var/lib`, a test's temporary dir). An existing dir is left as it is;
+/// [`DiskStorage::create`] and [`DiskStorage::open`] remove its loose permission bits.
+pub fn create_data_dir(dir: &Path) -> io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    match DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes group and other permission bits from `dir` and the regular files directly in it,
+/// and logs one warning naming every change (`path 0644 -> 0600`); returns those changes.
+/// Subdirectories (`tls/`, whose `ca.crt` is meant to be world-readable) and symbolic links
+/// (a chmod would follow them out of the dir) are left to their owners.
+fn restrict_permissions(dir: &Path) -> Result<Vec<String>> {
+    let mut changed = Vec::new();
+    restrict_mode(dir, &mut changed)?;
+    for entry in fs::read_dir(dir).map_err(io("list", dir))? {
+        let entry = entry.map_err(io("list", dir))?;
+        let path = entry.path();
+        // `DirEntry::file_type` does not follow symbolic links.
+        if entry.file_type().map_err(io("stat", &path))?.is_file() {
+            restrict_mode(&path, &mut changed)?;
+        }
+    }
+    if !changed.is_empty() {
+        tracing::warn!(
+            dir = %dir.display(),
+            changed = %changed.join(", "),
+            "removed group and other permissions from the data dir: it holds the cluster's keys"
+        );
+    }
+    Ok(changed)
+}
+
+fn restrict_mode(path: &Path, changed: &mut Vec<String>) -> Result<()> {
+    let mode = fs::metadata(path)
+        .map_err(io("stat", path))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & GROUP_OTHER != 0 {
+        let new = mode & !GROUP_OTHER;
+        fs::set_permissions(path, Permissions::from_mode(new)).map_err(io("chmod", path))?;
+        changed.push(format!("{} {mode:04o} -> {new:04o}", path.display()));
+    }
+    Ok(())
 }
 
 /// [`replace_file`] for a file that is not kept open.

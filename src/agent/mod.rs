@@ -231,7 +231,7 @@ impl Agent {
     /// reconciler would delete the links of endpoints it does not know yet). Readiness needs
     /// only the local replay, never a quorum.
     pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        vxnet_controlplane::storage::create_data_dir(&config.data_dir).map_err(|e| {
             AgentError::Config(format!(
                 "cannot create data dir {}: {e}",
                 config.data_dir.display()

@@ -98,6 +98,81 @@ fn check_consistent(s: &DiskStorage) {
     }
 }
 
+fn mode_of(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// The data dir holds the cluster's keys: a fresh one is created 0700 with 0600 files, and a
+/// pre-existing one (made by hand, or by a release that set no modes) is tightened on create
+/// and on open, leaving subdirectories and links alone.
+#[test]
+fn data_dir_ends_owner_only_whether_fresh_or_pre_existing() {
+    let root = tempfile::tempdir().unwrap();
+    let fresh = root.path().join("lib/vxnet");
+    let s = DiskStorage::create(&fresh, meta(), Some(snap(3, 1, b"s")), opts()).unwrap();
+    drop(s);
+    assert_eq!(mode_of(&fresh), 0o700);
+    for f in [WAL, SNAPSHOT, META] {
+        assert_eq!(mode_of(&fresh.join(f)), 0o600, "{f}");
+    }
+    // The parent is not the data dir: it gets the default mode (the same umask applies).
+    let reference = root.path().join("reference");
+    fs::create_dir(&reference).unwrap();
+    assert_eq!(mode_of(&root.path().join("lib")), mode_of(&reference));
+    create_data_dir(&fresh).unwrap();
+    assert!(
+        create_data_dir(&fresh.join(WAL)).is_err(),
+        "a file is not a dir"
+    );
+
+    // An older release's data dir: umask 022 modes, a stray file, a `tls/` subdir, a link.
+    fs::set_permissions(&fresh, Permissions::from_mode(0o755)).unwrap();
+    for f in [WAL, SNAPSHOT, META] {
+        fs::set_permissions(fresh.join(f), Permissions::from_mode(0o644)).unwrap();
+    }
+    fs::write(fresh.join("notes"), b"x").unwrap();
+    fs::set_permissions(fresh.join("notes"), Permissions::from_mode(0o666)).unwrap();
+    fs::write(fresh.join("owner-only"), b"x").unwrap();
+    fs::set_permissions(fresh.join("owner-only"), Permissions::from_mode(0o400)).unwrap();
+    let tls = fresh.join("tls");
+    fs::create_dir(&tls).unwrap();
+    fs::set_permissions(&tls, Permissions::from_mode(0o755)).unwrap();
+    let outside = root.path().join("outside");
+    fs::write(&outside, b"x").unwrap();
+    fs::set_permissions(&outside, Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(&outside, fresh.join("link")).unwrap();
+    DiskStorage::open(&fresh, opts()).unwrap();
+    assert_eq!(mode_of(&fresh), 0o700);
+    for f in [WAL, SNAPSHOT, META, "notes"] {
+        assert_eq!(mode_of(&fresh.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(
+        mode_of(&fresh.join("owner-only")),
+        0o400,
+        "owner bits are kept"
+    );
+    assert_eq!(mode_of(&tls), 0o755, "subdirectories are left alone");
+    assert_eq!(mode_of(&outside), 0o644, "links are not followed");
+    // Nothing left to change: the warning is not repeated on the next open.
+    assert!(restrict_permissions(&fresh).unwrap().is_empty());
+    fs::set_permissions(fresh.join(WAL), Permissions::from_mode(0o640)).unwrap();
+    let changed = restrict_permissions(&fresh).unwrap();
+    assert_eq!(
+        changed,
+        [format!("{} 0640 -> 0600", fresh.join(WAL).display())]
+    );
+
+    // A dir made beforehand (by hand, or by the agent) and too open: tightened on create.
+    let made = root.path().join("made");
+    fs::create_dir(&made).unwrap();
+    fs::set_permissions(&made, Permissions::from_mode(0o775)).unwrap();
+    DiskStorage::create(&made, meta(), None, opts()).unwrap();
+    assert_eq!(mode_of(&made), 0o700);
+    for f in [WAL, META] {
+        assert_eq!(mode_of(&made.join(f)), 0o600, "{f}");
+    }
+}
+
 #[test]
 fn torn_tail_at_every_offset_recovers_a_prefix() {
     let dir = tempfile::tempdir().unwrap();

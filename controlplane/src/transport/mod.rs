@@ -34,8 +34,11 @@ mod connection;
 mod forward;
 mod handshake;
 mod peer;
+pub mod pki;
 mod server;
 mod shared;
+pub mod tls;
+pub mod token;
 mod wire;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
