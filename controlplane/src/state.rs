@@ -1,7 +1,8 @@
 //! One job in one file (past 800 lines): the apply of every command and the snapshot encoding of
 //! the same records must change together for replicas to stay identical. The commands of
 //! runtimes (Docker networks, reservations, levels, published ports) are in `state/runtimes.rs`,
-//! the tests in `state/tests.rs`.
+//! those of peer TLS (cluster CA, join key, key pins) in `state/tls.rs`, the tests in
+//! `state/tests.rs`.
 //!
 //! The replicated state machine: networks, endpoints, hosts and static VTEPs.
 //!
@@ -15,14 +16,18 @@ use std::net::Ipv4Addr;
 
 use prost::Message as _;
 use vxnet_proto::{
-    AddStaticVtep, ApplyFailure, AttachDockerNetwork, CreateNetwork, DedupEntry,
-    DetachDockerNetwork, DisconnectEndpoint, DockerNetwork, Empty, Endpoint, ErrorKind, Host,
-    Network, PortMapping, Proposal, RegisterHost, ReleaseAddress, RemoveStaticVtep, ReportLevel,
-    Reservation, ReserveAddress, Response, SetEndpointPorts, StateSnapshot, StaticVtep, command,
-    dedup_entry, response,
+    AddStaticVtep, ApplyFailure, AttachDockerNetwork, CaCert, ClusterTls, CreateNetwork,
+    DedupEntry, DetachDockerNetwork, DisconnectEndpoint, DockerNetwork, Empty, Endpoint, ErrorKind,
+    FinishCaRotation, Host, InitTls, Network, PortMapping, Proposal, RegisterHost, ReleaseAddress,
+    RemoveStaticVtep, ReportLevel, ReportTls, Reservation, ReserveAddress, Response, RotateCa,
+    SetEndpointPorts, SetHostKey, SetJoinKey, StateSnapshot, StaticVtep, command, dedup_entry,
+    response,
 };
 
 mod runtimes;
+mod tls;
+
+pub use tls::{JOIN_KEY_LEN, MAX_CA_CERT_LEN, MAX_KEY_LEN, PIN_LEN};
 
 /// How many (request id → outcome) pairs are remembered for retries.
 pub const DEDUP_WINDOW: usize = 4096;
@@ -36,8 +41,35 @@ pub const DEFAULT_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 20, 0, 0), 16);
 pub const DEFAULT_SUBNET_PREFIX: u8 = 24;
 const SNAPSHOT_VERSION: u32 = 1;
 /// The command level this build applies (see `Host.level`): 1 added Docker networks, address
-/// reservations, runtime-attached endpoints and level reports.
-pub const APPLY_LEVEL: u32 = 1;
+/// reservations, runtime-attached endpoints and level reports; 2 added peer TLS (the cluster CA
+/// and join key, key pins, CA rotation, certificate reports: [`command_level`]).
+pub const APPLY_LEVEL: u32 = 2;
+/// The command level a replica needs to apply `kind` (see `Host.level`), by kind and, for
+/// `RegisterHost`, by its level-2 fields. The agent proposes a
+/// command only when [`State::cluster_level`] is at least this, so that a replica of an older
+/// release never meets a command (or a field) it would drop and diverge on.
+pub fn command_level(kind: &command::Kind) -> u32 {
+    use command::Kind as K;
+    match kind {
+        K::InitTls(_)
+        | K::SetHostKey(_)
+        | K::SetJoinKey(_)
+        | K::RotateCa(_)
+        | K::FinishCaRotation(_)
+        | K::ReportTls(_) => 2,
+        K::RegisterHost(c) if !c.key_sha256.is_empty() || c.level != 0 => 2,
+        K::AttachDockerNetwork(_)
+        | K::DetachDockerNetwork(_)
+        | K::ReserveAddress(_)
+        | K::ReleaseAddress(_)
+        | K::ReportLevel(_)
+        | K::SetEndpointPorts(_) => 1,
+        // Level-1 fields of older commands (an endpoint's `runtime`, ...) are gated where
+        // they are proposed.
+        _ => 0,
+    }
+}
+
 /// The endpoint runtime whose interface dockerd moves into the sandbox.
 pub const RUNTIME_DOCKER: &str = "docker";
 /// The endpoint runtime of the CNI plugin (the agent makes the interface, as for the CLI).
@@ -117,8 +149,12 @@ pub enum Update {
     NetworkChanged(Network),
     /// An endpoint's record changed in place (its published ports).
     EndpointChanged(Endpoint),
-    /// A host's record changed in place (its level).
+    /// A host's record changed in place (its level, key pin or certificate report).
     HostChanged(Host),
+    /// The cluster's TLS record changed (CA created or rotated, join key replaced): the agent
+    /// refreshes the transport's security view and re-signs its certificate if the signer
+    /// changed. Read the record with [`State::tls`].
+    TlsChanged,
     /// An address was reserved.
     ReservationAdded(Reservation),
     /// A reservation was released.
@@ -416,6 +452,8 @@ pub struct State {
     static_vteps: BTreeMap<(String, String, String, String), StaticVtep>,
     dedup: BTreeMap<Vec<u8>, ApplyResult>,
     dedup_order: VecDeque<Vec<u8>>,
+    /// The cluster CA and join key (level 2); none before `InitTls`.
+    tls: Option<ClusterTls>,
 }
 
 impl Default for State {
@@ -447,6 +485,7 @@ impl State {
             static_vteps: BTreeMap::new(),
             dedup: BTreeMap::new(),
             dedup_order: VecDeque::new(),
+            tls: None,
         }
     }
 
@@ -537,6 +576,12 @@ impl State {
             command::Kind::SetEndpointPorts(c) => {
                 response::Kind::EndpointPortsSet(self.set_ports(c, up)?)
             }
+            command::Kind::InitTls(c) => self.init_tls(c, up)?,
+            command::Kind::SetHostKey(c) => self.set_host_key(c, up)?,
+            command::Kind::SetJoinKey(c) => self.set_join_key(c, up)?,
+            command::Kind::RotateCa(c) => self.rotate_ca(c, up)?,
+            command::Kind::FinishCaRotation(c) => self.finish_ca_rotation(c, up)?,
+            command::Kind::ReportTls(c) => self.report_tls(c, up)?,
         };
         Ok(Response { kind: Some(kind) })
     }
@@ -919,6 +964,9 @@ impl State {
             return Err(ApplyError::invalid("host name must not be empty"));
         }
         let underlay = ip_str(parse_ipv4(&c.underlay, "underlay")?);
+        if !c.key_sha256.is_empty() {
+            self.check_pin(&c.key_sha256, &c.name)?;
+        }
         if let Some(h) = self.hosts.get(&c.name) {
             // A re-registration gets no second id: reusing a Raft id with an empty log could
             // break Raft's safety, so the old registration must be removed first.
@@ -939,7 +987,10 @@ impl State {
             underlay,
             peer_addr: c.peer_addr.clone(),
             registered_index: index,
-            level: 0,
+            level: c.level,
+            key_sha256: c.key_sha256.clone(),
+            cert_ca_generation: 0,
+            cert_not_after_unix_ms: 0,
         };
         self.next_node_id += 1;
         self.hosts.insert(host.name.clone(), host.clone());
@@ -1215,6 +1266,9 @@ impl State {
         );
         up.extend(changed(&ne, &oe).cloned().map(Update::EndpointAdded));
         up.extend(changed(&nr, &or).cloned().map(Update::ReservationAdded));
+        if old.tls != new.tls {
+            up.push(Update::TlsChanged);
+        }
         up
     }
 
@@ -1249,6 +1303,7 @@ impl State {
                 })
                 .collect(),
             reservations: self.reservations().cloned().collect(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -1332,6 +1387,10 @@ impl State {
                 None => return Err(bad("dedup entry without outcome".into())),
             };
             st.remember(d.request_id.clone(), r);
+        }
+        if let Some(t) = &s.tls {
+            tls::check_record(t).map_err(|e| bad(format!("TLS record: {e}")))?;
+            st.tls = Some(t.clone());
         }
         Ok(st)
     }

@@ -7,7 +7,8 @@
 //! a crash + restart of the leader from its data dir, a failing data dir on one node (ENOSPC
 //! mid-write or at fsync, sometimes with the cut-back failing too: the node drops out as the
 //! agent's driver drops it, and is reopened from disk once writes work), then quiescence and
-//! checks: identical
+//! checks (right after the joins it also runs the peer TLS commands: `InitTls`, every host's
+//! `SetHostKey`, `RotateCa`, `ReportTls`, `SetJoinKey`, `FinishCaRotation`): identical
 //! replicas, every acknowledged write present, no IPv4 twice per network, no VNI twice, at most
 //! one leader per term, every retried request applied once. A second scenario kills two of five
 //! voters for good and checks that the leader swaps them for live learners.
@@ -27,8 +28,9 @@ use raft::eraftpb::Message;
 use vxnet_controlplane::node::{Node, NodeConfig, discard_logger};
 use vxnet_controlplane::storage::{FaultPoint, StorageOptions, WriteFault};
 use vxnet_proto::{
-    Command, ConnectEndpoint, CreateNetwork, DisconnectEndpoint, Empty, ErrorKind, Proposal,
-    RegisterHost, RemoveHost, ReserveAddress, command, response,
+    CaCert, Command, ConnectEndpoint, CreateNetwork, DisconnectEndpoint, Empty, ErrorKind,
+    FinishCaRotation, InitTls, Proposal, RegisterHost, RemoveHost, ReportTls, ReserveAddress,
+    RotateCa, SetHostKey, SetJoinKey, command, response,
 };
 
 /// Simulation steps per Raft tick (message latency is counted in steps).
@@ -85,6 +87,10 @@ enum Kind {
     Reserve {
         net: String,
         host: String,
+    },
+    /// A peer TLS command (level 2), proposed as it is.
+    Tls {
+        cmd: Box<command::Kind>,
     },
 }
 
@@ -203,6 +209,7 @@ impl Sim {
             name: "h1".into(),
             underlay: "192.168.0.1".into(),
             peer_addr: "192.168.0.1:7946".into(),
+            ..Default::default()
         };
         let n = Node::bootstrap(self.cfg(1), CLUSTER_ID, host).unwrap();
         self.nodes.insert(1, Some(n));
@@ -221,6 +228,7 @@ impl Sim {
                     name: host.clone(),
                     underlay: format!("192.168.0.{i}"),
                     peer_addr: format!("192.168.0.{i}:7946"),
+                    ..Default::default()
                 })
             }
             Kind::Remove { host } => command::Kind::RemoveHost(RemoveHost { name: host.clone() }),
@@ -256,6 +264,7 @@ impl Sim {
                 host: host.clone(),
                 ipv4: None,
             }),
+            Kind::Tls { cmd } => (**cmd).clone(),
         };
         self.by_id.insert(id.clone(), self.reqs.len());
         self.reqs.push(Req {
@@ -705,7 +714,14 @@ impl Sim {
                     }
                 }
                 response::Kind::HostRegistered(h) if !removed.contains(h.name.as_str()) => {
-                    assert_eq!(st.host(&h.name), Some(h));
+                    // Its pin and certificate report were set after the registration.
+                    let now = st.host(&h.name).map(|x| vxnet_proto::Host {
+                        key_sha256: h.key_sha256.clone(),
+                        cert_ca_generation: h.cert_ca_generation,
+                        cert_not_after_unix_ms: h.cert_not_after_unix_ms,
+                        ..x.clone()
+                    });
+                    assert_eq!(now.as_ref(), Some(h));
                 }
                 response::Kind::HostRemoved(h) => assert!(st.host(&h.name).is_none()),
                 response::Kind::AddressReserved(r) if !removed.contains(r.host.as_str()) => {
@@ -749,6 +765,10 @@ fn scenario(seed: u64, hosts: u64) {
         s.pending() == 0
             && s.voters_of_leader() == Some((want_voters, hosts as usize - want_voters))
     });
+
+    // Peer TLS: the CA, every host's pin, a CA rotation finished once every host reports the
+    // new generation, a new join key; through the same lossy, retrying clients.
+    tls_setup(&mut sim);
 
     // Random workload with drops and reorders.
     sim.run_ticks(60, true);
@@ -828,6 +848,96 @@ fn scenario(seed: u64, hosts: u64) {
     sim.run_until(2000, "convergence", |s| s.converged());
     sim.run_ticks(5, false);
     sim.check();
+    tls_check(&sim);
+}
+
+fn ca(generation: u32) -> CaCert {
+    CaCert {
+        generation,
+        cert: vec![0x30, generation as u8, 0x01],
+    }
+}
+
+fn pin_of(node_id: u64) -> Vec<u8> {
+    vec![node_id as u8; 32]
+}
+
+/// Proposes the peer TLS commands (as the agents would) and waits for them: each step waits
+/// for the previous one's acknowledgement, as the agent's would.
+fn tls_setup(sim: &mut Sim) {
+    let wait = |sim: &mut Sim, what: &str| sim.run_until(600, what, |s| s.pending() == 0);
+    sim.submit(Kind::Tls {
+        cmd: Box::new(command::Kind::InitTls(InitTls {
+            ca: Some(ca(1)),
+            ca_key: vec![0xA1; 120],
+            join_key: vec![0x11; 16],
+            unix_ms: sim.step,
+        })),
+    });
+    wait(sim, "InitTls");
+    let hosts: Vec<(u64, String)> = sim.host_of.iter().map(|(i, h)| (*i, h.clone())).collect();
+    for (id, host) in &hosts {
+        sim.submit(Kind::Tls {
+            cmd: Box::new(command::Kind::SetHostKey(SetHostKey {
+                host: host.clone(),
+                node_id: *id,
+                key_sha256: pin_of(*id),
+            })),
+        });
+    }
+    sim.submit(Kind::Tls {
+        cmd: Box::new(command::Kind::RotateCa(RotateCa {
+            ca: Some(ca(2)),
+            ca_key: vec![0xA2; 120],
+            cross_cert: vec![0x30, 0xCC],
+        })),
+    });
+    wait(sim, "SetHostKey and RotateCa");
+    for (_, host) in &hosts {
+        sim.submit(Kind::Tls {
+            cmd: Box::new(command::Kind::ReportTls(ReportTls {
+                host: host.clone(),
+                ca_generation: 2,
+                not_after_unix_ms: 1_000_000,
+            })),
+        });
+    }
+    sim.submit(Kind::Tls {
+        cmd: Box::new(command::Kind::SetJoinKey(SetJoinKey {
+            join_key: vec![0x22; 16],
+            unix_ms: sim.step,
+        })),
+    });
+    wait(sim, "ReportTls and SetJoinKey");
+    sim.submit(Kind::Tls {
+        cmd: Box::new(command::Kind::FinishCaRotation(FinishCaRotation {
+            generation: 2,
+            force: false,
+        })),
+    });
+    wait(sim, "FinishCaRotation");
+}
+
+/// After [`tls_setup`] and the rest of the scenario (replicas already checked identical).
+fn tls_check(sim: &Sim) {
+    let (_, n) = sim
+        .nodes
+        .iter()
+        .find_map(|(id, n)| n.as_ref().map(|n| (*id, n)))
+        .expect("a live node");
+    let st = n.state();
+    assert_eq!(st.trusted_cas(), &[ca(2)]);
+    assert_eq!(
+        st.signer().map(|(c, k)| (c.generation, k.len())),
+        Some((2, 120))
+    );
+    assert_eq!(st.join_key(), Some(&[0x22; 16][..]));
+    assert_eq!(st.cross_cert(), None);
+    for h in st.hosts() {
+        assert_eq!(h.key_sha256, pin_of(h.node_id), "pin of {}", h.name);
+        assert_eq!(h.cert_ca_generation, 2, "generation of {}", h.name);
+    }
+    assert_eq!(st.pins().len(), st.hosts().count());
 }
 
 /// Seven hosts (five voters, two learners); the leader and one more voter die for good. The

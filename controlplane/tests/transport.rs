@@ -387,6 +387,7 @@ async fn join_and_forward_round_trips() {
                                 peer_addr: host.peer_addr,
                                 registered_index: 11,
                                 level: 0,
+                                ..Default::default()
                             }],
                         })),
                     });
@@ -415,6 +416,7 @@ async fn join_and_forward_round_trips() {
             name: "h3".into(),
             underlay: "10.0.0.3".into(),
             peer_addr: "10.0.0.3:7946".into(),
+            ..Default::default()
         }),
     };
     let resp = join(&addr, Some(TOKEN), "h3", request, PATIENCE)

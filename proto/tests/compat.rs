@@ -162,6 +162,9 @@ fn host() -> Host {
         peer_addr: "192.0.2.10:7946".into(),
         registered_index: 12,
         level: 0,
+        key_sha256: Vec::new(),
+        cert_ca_generation: 0,
+        cert_not_after_unix_ms: 0,
     }
 }
 
@@ -231,6 +234,8 @@ fn register() -> RegisterHost {
         name: "host-b".into(),
         underlay: "192.0.2.11".into(),
         peer_addr: "192.0.2.11:7946".into(),
+        key_sha256: Vec::new(),
+        level: 0,
     }
 }
 
@@ -382,6 +387,78 @@ fn proposal() -> Proposal {
     }
 }
 
+fn ca_cert(generation: u32) -> CaCert {
+    CaCert {
+        generation,
+        cert: vec![0x30, 0x82, 0x01, generation as u8],
+    }
+}
+
+fn cluster_tls() -> ClusterTls {
+    ClusterTls {
+        trusted: vec![ca_cert(1), ca_cert(2)],
+        signer_generation: 2,
+        signer_key: vec![0x30, 0x81, 0x87, 0x02],
+        join_key: (0u8..16).collect(),
+        join_key_unix_ms: 1_764_460_800_456,
+        cross_cert: vec![0x30, 0x82, 0x02, 0x00],
+    }
+}
+
+/// The level-2 (peer TLS) commands, after `set_endpoint_ports`.
+fn tls_commands() -> Vec<(&'static str, command::Kind)> {
+    use command::Kind as K;
+    vec![
+        (
+            "init_tls",
+            K::InitTls(InitTls {
+                ca: Some(ca_cert(1)),
+                ca_key: vec![0x30, 0x81, 0x87],
+                join_key: (0u8..16).collect(),
+                unix_ms: 1_764_460_800_456,
+            }),
+        ),
+        (
+            "set_host_key",
+            K::SetHostKey(SetHostKey {
+                host: "host-a".into(),
+                node_id: 3,
+                key_sha256: (100u8..132).collect(),
+            }),
+        ),
+        (
+            "set_join_key",
+            K::SetJoinKey(SetJoinKey {
+                join_key: (16u8..32).collect(),
+                unix_ms: 1_764_460_900_000,
+            }),
+        ),
+        (
+            "rotate_ca",
+            K::RotateCa(RotateCa {
+                ca: Some(ca_cert(2)),
+                ca_key: vec![0x30, 0x81, 0x88],
+                cross_cert: vec![0x30, 0x82, 0x02, 0x00],
+            }),
+        ),
+        (
+            "finish_ca_rotation",
+            K::FinishCaRotation(FinishCaRotation {
+                generation: 2,
+                force: true,
+            }),
+        ),
+        (
+            "report_tls",
+            K::ReportTls(ReportTls {
+                host: "host-a".into(),
+                ca_generation: 2,
+                not_after_unix_ms: 1_772_236_800_000,
+            }),
+        ),
+    ]
+}
+
 fn all_cases() -> Cases {
     let mut c = Cases::default();
 
@@ -472,6 +549,7 @@ fn all_cases() -> Cases {
                 DedupEntry::default(),
             ],
             reservations: Vec::new(),
+            tls: None,
         },
     );
     c.add(
@@ -859,6 +937,45 @@ fn all_cases() -> Cases {
     c.add("MemberList", member_list);
     c.add("FdbList", fdb_list);
     c.add("Stats", stats);
+
+    // Level 2: peer TLS (cluster CA, join key, key pins).
+    c.add(
+        "Host.tls",
+        Host {
+            level: 2,
+            key_sha256: (100u8..132).collect(),
+            cert_ca_generation: 1,
+            cert_not_after_unix_ms: 1_772_236_800_000,
+            ..host()
+        },
+    );
+    c.add(
+        "RegisterHost.tls",
+        RegisterHost {
+            key_sha256: (100u8..132).collect(),
+            level: 2,
+            ..register()
+        },
+    );
+    c.add("CaCert", ca_cert(1));
+    c.add("ClusterTls", cluster_tls());
+    c.add(
+        "StateSnapshot.tls",
+        StateSnapshot {
+            version: 1,
+            next_node_id: 2,
+            hosts: vec![Host {
+                level: 2,
+                key_sha256: (100u8..132).collect(),
+                ..host()
+            }],
+            tls: Some(cluster_tls()),
+            ..Default::default()
+        },
+    );
+    for (name, kind) in tls_commands() {
+        c.add(&format!("Command.{name}"), Command { kind: Some(kind) });
+    }
     c
 }
 

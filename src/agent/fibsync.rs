@@ -182,6 +182,7 @@ mod tests {
                     name: name.into(),
                     underlay: ip.into(),
                     peer_addr: format!("{ip}:7946"),
+                    ..Default::default()
                 }));
             }
             c.apply(command::Kind::CreateNetwork(CreateNetwork {

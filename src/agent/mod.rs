@@ -690,6 +690,8 @@ async fn open_node(
         name: config.name.clone(),
         underlay: config.underlay.to_string(),
         peer_addr: config.peer_listen.to_string(),
+        // Level 2 (pin, level) is filled in by the TLS join, not wired yet.
+        ..Default::default()
     };
     if config.bootstrap {
         let cluster_id = u64::from_le_bytes(random_bytes::<8>()) | 1;

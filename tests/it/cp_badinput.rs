@@ -633,6 +633,7 @@ fn token_checks(stranger: &Stranger, target: &str, cluster_id: u64) -> TokenChec
                 name: "h2".into(),
                 underlay: "192.168.200.99".into(),
                 peer_addr: "192.168.200.99:7946".into(),
+                ..Default::default()
             }))
             .await
             .expect("join answer");

@@ -34,6 +34,7 @@ fn host(name: &str, ip: &str) -> RegisterHost {
         name: name.into(),
         underlay: ip.into(),
         peer_addr: format!("{ip}:7946"),
+        ..Default::default()
     }
 }
 
@@ -686,6 +687,45 @@ mod prop {
                 mac: None,
                 ipv4: None,
             })),
+            // Peer TLS (level 2): one arm for the six commands.
+            (0u8..6, 0u64..3, 1u32..4, any::<bool>()).prop_map(|(which, h, generation, force)| {
+                let ca = Some(vxnet_proto::CaCert {
+                    generation,
+                    cert: vec![0x30, generation as u8],
+                });
+                let host = format!("h{h}");
+                match which {
+                    0 => command::Kind::InitTls(vxnet_proto::InitTls {
+                        ca,
+                        ca_key: vec![7; 40],
+                        join_key: vec![generation as u8; 16],
+                        unix_ms: 1,
+                    }),
+                    1 => command::Kind::SetHostKey(vxnet_proto::SetHostKey {
+                        host,
+                        node_id: h + 1,
+                        key_sha256: vec![generation as u8; 32],
+                    }),
+                    2 => command::Kind::SetJoinKey(vxnet_proto::SetJoinKey {
+                        join_key: vec![generation as u8; 16],
+                        unix_ms: 2,
+                    }),
+                    3 => command::Kind::RotateCa(vxnet_proto::RotateCa {
+                        ca,
+                        ca_key: vec![8; 40],
+                        cross_cert: vec![0x30, 0xCC],
+                    }),
+                    4 => command::Kind::FinishCaRotation(vxnet_proto::FinishCaRotation {
+                        generation,
+                        force,
+                    }),
+                    _ => command::Kind::ReportTls(vxnet_proto::ReportTls {
+                        host,
+                        ca_generation: generation,
+                        not_after_unix_ms: 9,
+                    }),
+                }
+            }),
         ]
     }
 
@@ -711,3 +751,5 @@ mod prop {
         }
     }
 }
+
+mod tls;
