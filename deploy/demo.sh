@@ -20,7 +20,16 @@ BIN_DIR=${VXNET_BIN_DIR:-$ROOT/target/release}
 VXNETD=$BIN_DIR/vxnetd
 VXNET=$BIN_DIR/vxnet
 
-die() { echo "demo: $*" >&2; exit 1; }
+die() {
+  echo "demo: $*" >&2
+  # The agents' last words, so that a failure seen only in CI can be read there.
+  for log in "$RUN"/h*.log; do
+    [ -e "$log" ] || continue
+    echo "--- tail of $log" >&2
+    tail -n 40 "$log" >&2
+  done
+  exit 1
+}
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces need it): sudo $0 ${1:-up}"
 
 vx() { local h=$1; shift; "$VXNET" -H "$RUN/h$h.sock" "$@"; }

@@ -339,6 +339,7 @@ async fn cluster_id_zero_is_join_only() {
                         cluster_id: CLUSTER,
                         leader_id: 2,
                         members: Vec::new(),
+                        ..Default::default()
                     })),
                 });
             }
@@ -389,6 +390,7 @@ async fn join_and_forward_round_trips() {
                                 level: 0,
                                 ..Default::default()
                             }],
+                            ..Default::default()
                         })),
                     });
                 }
@@ -418,6 +420,7 @@ async fn join_and_forward_round_trips() {
             peer_addr: "10.0.0.3:7946".into(),
             ..Default::default()
         }),
+        ..Default::default()
     };
     let resp = join(&addr, Some(TOKEN), "h3", request, PATIENCE)
         .await

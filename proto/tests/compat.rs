@@ -678,13 +678,16 @@ fn all_cases() -> Cases {
     let join = JoinRequest {
         request_id: vec![9, 8, 7],
         host: Some(register()),
+        ..Default::default()
     };
     let accepted = JoinAccepted {
         node_id: 4,
         cluster_id: 0xfeed_face_cafe_beef,
         leader_id: 1,
         members: vec![host(), Host::default()],
+        ..Default::default()
     };
+    let (join_base, accepted_base) = (join.clone(), accepted.clone());
     let forward = ForwardRequest {
         proposal: Some(proposal()),
     };
@@ -976,6 +979,57 @@ fn all_cases() -> Cases {
     for (name, kind) in tls_commands() {
         c.add(&format!("Command.{name}"), Command { kind: Some(kind) });
     }
+    c.add(
+        "JoinRequest.tls",
+        JoinRequest {
+            csr: (0u8..200).collect(),
+            proof: vec![0x5a; 32],
+            ..join_base
+        },
+    );
+    c.add(
+        "JoinAccepted.tls",
+        JoinAccepted {
+            cert_chain: vec![(0u8..150).collect(), vec![1, 2, 3]],
+            ca_cert: (50u8..250).collect(),
+            server_proof: vec![0xa5; 32],
+            ..accepted_base
+        },
+    );
+    c.add(
+        "ErrorKind.unauthenticated",
+        ApplyFailure {
+            kind: ErrorKind::Unauthenticated as i32,
+            message: "wrong join token".into(),
+        },
+    );
+    {
+        use api_request::Kind as K;
+        c.add(
+            "ApiRequest.cluster_join_token",
+            ApiRequest {
+                kind: Some(K::ClusterJoinToken(JoinTokenRequest { rotate: true })),
+            },
+        );
+        c.add(
+            "ApiRequest.cluster_ca_rotate",
+            ApiRequest {
+                kind: Some(K::ClusterCaRotate(CaRotateRequest {
+                    finish: true,
+                    force: true,
+                })),
+            },
+        );
+    }
+    c.add(
+        "ApiResponse.join_token",
+        ApiResponse {
+            kind: Some(api_response::Kind::JoinToken(JoinToken {
+                token: "VXN1-abc-def".into(),
+                peer_addr: "192.0.2.1:7946".into(),
+            })),
+        },
+    );
     c
 }
 

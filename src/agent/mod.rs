@@ -12,6 +12,7 @@ mod queries;
 pub mod runtimes;
 pub mod server;
 pub mod starting;
+mod tls_api;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -489,6 +490,7 @@ impl Agent {
                         cluster_id: view.cluster_id,
                         leader_id: view.leader_id.unwrap_or(0),
                         members: view.state.hosts().cloned().collect(),
+                        ..Default::default()
                     })),
                 }
             }
@@ -709,6 +711,7 @@ async fn open_node(
     let request = JoinRequest {
         request_id: random_bytes::<16>().to_vec(),
         host: Some(host),
+        ..Default::default()
     };
     let mut backoff = Duration::from_millis(200);
     loop {

@@ -27,12 +27,16 @@ pub const UNLINKED_GRACE: Duration = Duration::from_secs(30);
 /// for the address right before it creates the endpoint and releases it right after deleting it.
 pub const UNUSED_RESERVATION_GRACE: Duration = Duration::from_secs(60);
 
+/// The command level of runtime networks, address reservations and runtime endpoints (see
+/// [`vxnet_controlplane::state::command_level`]).
+const RUNTIME_LEVEL: u32 = 1;
+
 /// Refuses a runtime command while some host runs a release that would not apply it.
 fn level_gate(agent: &Agent) -> Option<ApiResponse> {
     let state = Arc::clone(&agent.driver.view().state);
     let old: Vec<String> = state
         .hosts()
-        .filter(|h| h.level < APPLY_LEVEL)
+        .filter(|h| h.level < RUNTIME_LEVEL)
         .map(|h| h.name.clone())
         .collect();
     if old.is_empty() {

@@ -491,6 +491,8 @@ pub async fn handle(agent: &Agent, request: ApiRequest) -> ApiResponse {
         Req::ClusterRemove(remove) => {
             from_submit(agent.submit(command::Kind::RemoveHost(remove)).await)
         }
+        Req::ClusterJoinToken(request) => super::tls_api::join_token(agent, request).await,
+        Req::ClusterCaRotate(request) => super::tls_api::ca_rotate(agent, request).await,
         Req::FdbAdd(add) => from_submit(agent.submit(command::Kind::AddStaticVtep(add)).await),
         Req::FdbRemove(rm) => from_submit(agent.submit(command::Kind::RemoveStaticVtep(rm)).await),
         Req::FdbShow(NamesRequest { names }) => {

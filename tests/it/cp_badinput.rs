@@ -625,6 +625,7 @@ fn token_checks(stranger: &Stranger, target: &str, cluster_id: u64) -> TokenChec
                 let request = JoinRequest {
                     request_id: noise(host.is_some() as u64 + 11, 16),
                     host,
+                    ..Default::default()
                 };
                 vxnet_controlplane::transport::join(target, None, "stranger", request, t).await
             };
