@@ -170,6 +170,7 @@ impl Settings {
             ),
             docker_plugin: self.docker_plugin,
             dns_upstream,
+            cert_lifetime: vxnet_controlplane::transport::pki::NODE_CERT_LIFETIME,
         })
     }
 }

@@ -301,20 +301,31 @@ impl Node {
         cluster_id: u64,
         host: RegisterHost,
     ) -> Result<Node, NodeError> {
+        Node::bootstrap_with(cfg, cluster_id, host, Vec::new())
+    }
+
+    /// [`Node::bootstrap`], with more commands applied into the bootstrap snapshot after the
+    /// host's registration (the cluster CA and join key).
+    pub fn bootstrap_with(
+        cfg: NodeConfig,
+        cluster_id: u64,
+        host: RegisterHost,
+        more: Vec<command::Kind>,
+    ) -> Result<Node, NodeError> {
         let mut state = State::new();
-        let (res, _) = state.apply(
-            1,
-            &Proposal {
-                request_id: Vec::new(),
-                command: Some(vxnet_proto::Command {
-                    kind: Some(command::Kind::RegisterHost(host)),
-                }),
-            },
-        );
-        if let Err(e) = res {
-            return Err(NodeError::Storage(StorageError::Invalid(format!(
-                "bootstrap host: {e}"
-            ))));
+        for kind in std::iter::once(command::Kind::RegisterHost(host)).chain(more) {
+            let (res, _) = state.apply(
+                1,
+                &Proposal {
+                    request_id: Vec::new(),
+                    command: Some(vxnet_proto::Command { kind: Some(kind) }),
+                },
+            );
+            if let Err(e) = res {
+                return Err(NodeError::Storage(StorageError::Invalid(format!(
+                    "bootstrap state: {e}"
+                ))));
+            }
         }
         let mut snap = Snapshot {
             data: state.to_snapshot_bytes().into(),

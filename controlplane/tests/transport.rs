@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
+use vxnet_controlplane::transport::SecurityView;
 use vxnet_controlplane::transport::{
     Inbound, PeerConnection, Transport, TransportConfig, TransportError, forward, join,
 };
@@ -35,6 +36,9 @@ fn config(node_id: u64, cluster_id: u64, token: Option<&str>) -> TransportConfig
         cluster_id,
         token: token.map(str::to_owned),
         queue_len: 1024,
+        // These tests cover the previous release's shared-secret protocol (a cluster without a
+        // CA); `transport_tls.rs` covers TLS.
+        security: SecurityView::legacy(),
     }
 }
 

@@ -26,7 +26,7 @@ use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{oneshot, watch};
 use vxnet_controlplane::node::{MemberStatus, Node};
 use vxnet_controlplane::state::{ApplyResult, State};
-use vxnet_controlplane::transport::Transport;
+use vxnet_controlplane::transport::{SecurityView, Transport};
 use vxnet_proto::Proposal;
 
 /// A read-only picture of the node, republished after every Ready that changed something.
@@ -477,7 +477,8 @@ impl Driver {
         }
     }
 
-    /// Keeps the transport's address book equal to the registered hosts.
+    /// Keeps the transport's address book equal to the registered hosts, and its security view
+    /// (who may connect) equal to the state's.
     fn sync_peers(&mut self) {
         let peers: BTreeMap<u64, String> = self
             .node
@@ -493,6 +494,11 @@ impl Driver {
         if peers != self.peers {
             self.transport.set_peers(peers.clone());
             self.peers = peers;
+        }
+        // Before the first snapshot a joiner keeps the view its join answer gave the transport.
+        if self.node.state().hosts().next().is_some() {
+            self.transport
+                .set_security(SecurityView::from_state(self.node.state()));
         }
     }
 }

@@ -12,6 +12,7 @@ mod queries;
 pub mod runtimes;
 pub mod server;
 pub mod starting;
+mod tls;
 mod tls_api;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +25,10 @@ use tokio::sync::Mutex;
 use vxnet_controlplane::node::{Node, NodeConfig, NodeError};
 use vxnet_controlplane::state::{ApplyError, ApplyResult};
 use vxnet_controlplane::storage::DiskStorage;
-use vxnet_controlplane::transport::{self, Inbound, Transport, TransportConfig, TransportError};
+use vxnet_controlplane::transport::token::JoinToken;
+use vxnet_controlplane::transport::{
+    self, Inbound, JoinError, Transport, TransportConfig, TransportError,
+};
 use vxnet_dataplane::fdb::Fib;
 use vxnet_dataplane::io::{DataPlane, DataPlaneConfig, IoError, Netlink};
 use vxnet_dataplane::stats::StatsRegistry;
@@ -82,6 +86,8 @@ pub struct AgentConfig {
     pub docker_plugin: Option<PathBuf>,
     /// Upstream resolvers for names outside vxnet (empty: the host's /etc/resolv.conf).
     pub dns_upstream: Vec<SocketAddr>,
+    /// Lifetime of the node certificates this host signs (its own, and joiners').
+    pub cert_lifetime: Duration,
 }
 
 /// Why the agent could not start or had to stop.
@@ -105,15 +111,18 @@ pub enum AgentError {
     /// The API socket could not be served.
     #[error("API socket: {0}")]
     Api(#[from] std::io::Error),
+    /// The cluster refused this host (wrong join token, another cluster, removed): final.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl AgentError {
-    /// The process exit status for this error: 78 (EX_CONFIG) for a damaged data dir, which
-    /// the systemd unit lists in `RestartPreventExitStatus` (restarting cannot repair it and
-    /// would only repeat the message), 1 otherwise.
+    /// The process exit status for this error: 78 (EX_CONFIG) for a damaged data dir or a
+    /// refusal by the cluster, which the systemd unit lists in `RestartPreventExitStatus`
+    /// (restarting cannot repair them and would only repeat the message), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AgentError::DataDirDamaged(_) => 78,
+            AgentError::DataDirDamaged(_) | AgentError::Refused(_) => 78,
             _ => 1,
         }
     }
@@ -177,6 +186,10 @@ pub struct Agent {
     pub leftovers: std::sync::Mutex<runtimes::Leftovers>,
     /// The embedded resolver and the sandboxes' resolv.conf.
     pub dns: dns::Dns,
+    /// This host's key and certificate chain.
+    pub own_tls: tls::OwnTls,
+    /// Set when the agent must stop for good (the cluster refused it): `run` returns it.
+    pub fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Random bytes for request ids, network and endpoint ids (the `getrandom` crate, as the peer
@@ -276,7 +289,15 @@ impl Agent {
             });
         }
 
-        wait_for_signal().await;
+        let mut fatal = agent.fatal.subscribe();
+        let refused = tokio::select! {
+            () = wait_for_signal() => None,
+            r = fatal.wait_for(Option::is_some) => r.ok().and_then(|why| why.clone()),
+        };
+        if let Some(why) = refused {
+            let _ = std::fs::remove_file(&agent.config.api);
+            return Err(AgentError::Refused(why));
+        }
         tracing::info!("shutting down");
         let _ = std::fs::remove_file(&agent.config.api);
         if let Some(path) = &agent.config.docker_plugin {
@@ -291,12 +312,24 @@ impl Agent {
         config: AgentConfig,
         phase: tokio::sync::watch::Sender<String>,
     ) -> Result<Arc<Agent>, AgentError> {
-        let (node, seed_peers) = open_node(&config, &phase).await?;
+        let Opened {
+            node,
+            seed_peers,
+            seed_security,
+            own,
+        } = open_node(&config, &phase).await?;
         tracing::info!(
             node_id = node.id(),
             cluster_id = format!("{:016x}", node.cluster_id()),
             "raft node ready"
         );
+        let security = match seed_security {
+            Some(view) if node.state().hosts().next().is_none() => view,
+            _ if node.state().hosts().next().is_some() => {
+                transport::SecurityView::from_state(node.state())
+            }
+            _ => transport::SecurityView::legacy(),
+        };
         let (transport, inbound) = Transport::start(TransportConfig {
             listen: config.peer_listen,
             host_name: config.name.clone(),
@@ -304,8 +337,12 @@ impl Agent {
             cluster_id: node.cluster_id(),
             token: config.token.clone(),
             queue_len: 1024,
+            security,
         })
         .await?;
+        if let Some((key, chain)) = &own {
+            transport.set_own_cert(chain.clone(), key)?;
+        }
         let cluster_id = node.cluster_id();
         let (driver, _raft_thread) = driver::spawn(node, transport.clone(), TICK, seed_peers);
 
@@ -366,8 +403,11 @@ impl Agent {
             started: Instant::now(),
             commit_latency: metrics::commit_latency_histogram(),
             leftovers: Default::default(),
+            own_tls: tls::OwnTls::new(own),
+            fatal: tokio::sync::watch::channel(None).0,
         });
         tokio::spawn(Arc::clone(&agent).serve_peers(inbound));
+        tokio::spawn(Arc::clone(&agent).tls_loop());
         Ok(agent)
     }
 
@@ -417,17 +457,11 @@ impl Agent {
         let request = ForwardRequest {
             proposal: Some(proposal.clone()),
         };
-        let reply = transport::forward(
-            &addr,
-            self.config.token.as_deref(),
-            &self.config.name,
-            view.node_id,
-            view.cluster_id,
-            request,
-            ATTEMPT_TIMEOUT,
-        )
-        .await
-        .ok()?;
+        let reply = self
+            .transport
+            .forward(&addr, request, ATTEMPT_TIMEOUT)
+            .await
+            .ok()?;
         let result = match reply.outcome? {
             forward_response::Outcome::Ok(response) => Ok(response),
             forward_response::Outcome::Err(failure) => Err(ApplyError::from_proto(&failure)),
@@ -448,6 +482,17 @@ impl Agent {
             match message {
                 Inbound::Raft(msg) => self.driver.step(msg),
                 Inbound::Unreachable(id) => self.driver.unreachable(id),
+                Inbound::Revoked(by) => {
+                    let why = format!(
+                        "this host ({name}) was removed from the cluster: member node {by} \
+                         refuses its certificate as revoked. To come back: stop vxnetd, move the \
+                         data dir {dir} away, and start vxnetd with --join MEMBER:7946 --token \
+                         TOKEN (`vxnet cluster join-token` on a member prints it)",
+                        name = self.config.name,
+                        dir = self.config.data_dir.display(),
+                    );
+                    self.fatal.send_replace(Some(why));
+                }
                 Inbound::Join { request, reply } => {
                     let agent = Arc::clone(&self);
                     tokio::spawn(async move {
@@ -469,8 +514,43 @@ impl Agent {
     /// A host asks to join: register it through Raft (forwarded to the leader if needed). The
     /// leader's membership policy then adds it as a learner and promotes it when caught up.
     async fn answer_join(&self, request: JoinRequest) -> JoinResponse {
-        let Some(host) = request.host else {
+        let Some(mut host) = request.host else {
             return join_error(ErrorKind::Invalid, "join request without host");
+        };
+        // Over TLS (the transport checked the proof): the joiner's key becomes its pin, and it
+        // gets a certificate once registered.
+        let csr_key = if request.csr.is_empty() {
+            None
+        } else {
+            let state = Arc::clone(&self.driver.view().state);
+            if state.cluster_level() < 2 {
+                // A host of an older release could not apply a pinned registration: retry.
+                tracing::info!(
+                    host = host.name,
+                    "join deferred: the cluster is being upgraded"
+                );
+                return JoinResponse {
+                    result: Some(join_response::Result::NotLeader(NotLeader::default())),
+                };
+            }
+            match transport::pki::NodePublicKey::from_csr_der(&request.csr) {
+                Ok(key) if key.spki_sha256().as_slice() == host.key_sha256.as_slice() => {
+                    host.level = vxnet_controlplane::state::APPLY_LEVEL;
+                    Some(key)
+                }
+                Ok(_) => {
+                    return join_error(
+                        ErrorKind::Invalid,
+                        "the certificate request's key is not the registered key",
+                    );
+                }
+                Err(e) => {
+                    return join_error(
+                        ErrorKind::Invalid,
+                        &format!("bad certificate request: {e}"),
+                    );
+                }
+            }
         };
         let proposal = Proposal {
             request_id: request.request_id,
@@ -483,14 +563,40 @@ impl Agent {
                 kind: Some(response::Kind::HostRegistered(host)),
             }) => {
                 let view = self.driver.view();
-                tracing::info!(host = host.name, node_id = host.node_id, "host joined");
+                let (cert_chain, ca_cert) = match &csr_key {
+                    None => (Vec::new(), Vec::new()),
+                    Some(key) => match tls::sign_joiner(
+                        &view.state,
+                        key,
+                        host.node_id,
+                        &host.name,
+                        self.config.cert_lifetime,
+                    ) {
+                        Ok(signed) => signed,
+                        Err(e) => {
+                            tracing::warn!(
+                                host = host.name,
+                                "cannot sign a joiner's certificate: {e}"
+                            );
+                            return join_error(ErrorKind::Unspecified, &e);
+                        }
+                    },
+                };
+                tracing::info!(
+                    host = host.name,
+                    node_id = host.node_id,
+                    tls = csr_key.is_some(),
+                    "host joined"
+                );
                 JoinResponse {
                     result: Some(join_response::Result::Accepted(vxnet_proto::JoinAccepted {
                         node_id: host.node_id,
                         cluster_id: view.cluster_id,
                         leader_id: view.leader_id.unwrap_or(0),
                         members: view.state.hosts().cloned().collect(),
-                        ..Default::default()
+                        cert_chain,
+                        ca_cert,
+                        server_proof: Vec::new(),
                     })),
                 }
             }
@@ -667,14 +773,39 @@ fn join_error(kind: ErrorKind, message: &str) -> JoinResponse {
     }
 }
 
+/// What [`open_node`] gives the agent.
+struct Opened {
+    node: Node,
+    /// The members a join answer named, so the transport can reach the leader before the first
+    /// snapshot arrives.
+    seed_peers: BTreeMap<u64, String>,
+    /// Who may connect until the first snapshot (a TLS join's answer).
+    seed_security: Option<transport::SecurityView>,
+    /// This host's key and certificate chain, if it has them.
+    own: Option<(
+        transport::pki::NodeKey,
+        Vec<transport::CertificateDer<'static>>,
+    )>,
+}
+
+/// The `--token` value, parsed; a malformed join token is refused (exit 78) before any I/O.
+fn parse_token(config: &AgentConfig) -> Result<Option<JoinToken>, AgentError> {
+    config
+        .token
+        .as_deref()
+        .map(JoinToken::parse)
+        .transpose()
+        .map_err(|e| AgentError::Refused(format!("--token: {e}")))
+}
+
 /// Resumes from the data dir, or bootstraps, or joins. On-disk state always wins: bootstrapping
-/// a second time would split the brain. Also returns the members a join answer named, so the
-/// transport can reach the leader before the first snapshot arrives.
+/// a second time would split the brain.
 async fn open_node(
     config: &AgentConfig,
     phase: &tokio::sync::watch::Sender<String>,
-) -> Result<(Node, BTreeMap<u64, String>), AgentError> {
+) -> Result<Opened, AgentError> {
     let node_config = NodeConfig::new(&config.data_dir);
+    let token = parse_token(config)?;
     if DiskStorage::exists(&config.data_dir) {
         if config.bootstrap || config.join.is_some() {
             tracing::info!(
@@ -686,72 +817,219 @@ async fn open_node(
         let opened = tokio::task::spawn_blocking(move || Node::open(node_config))
             .await
             .map_err(|e| AgentError::Config(format!("opening the data dir: {e}")))?;
-        return Ok((opened.map_err(|e| open_error(config, e))?, BTreeMap::new()));
+        let node = opened.map_err(|e| open_error(config, e))?;
+        let own = match tls::load_chain(&config.data_dir)? {
+            Some(chain) => Some((tls::load_or_create_key(&config.data_dir)?, chain)),
+            None => None,
+        };
+        return Ok(Opened {
+            node,
+            seed_peers: BTreeMap::new(),
+            seed_security: None,
+            own,
+        });
     }
-    let host = RegisterHost {
-        name: config.name.clone(),
-        underlay: config.underlay.to_string(),
-        peer_addr: config.peer_listen.to_string(),
-        // Level 2 (pin, level) is filled in by the TLS join, not wired yet.
-        ..Default::default()
-    };
     if config.bootstrap {
         let cluster_id = u64::from_le_bytes(random_bytes::<8>()) | 1;
         tracing::info!("bootstrapping a new cluster");
-        return Ok((
-            Node::bootstrap(node_config, cluster_id, host)?,
-            BTreeMap::new(),
-        ));
+        let key = tls::load_or_create_key(&config.data_dir)?;
+        let material = tls::bootstrap(
+            cluster_id,
+            &config.name,
+            token.as_ref(),
+            &key,
+            config.cert_lifetime,
+        )?;
+        if material.generated_secret {
+            tracing::info!(
+                "no --token given: a join secret was generated; print the join token with \
+                 `vxnet cluster join-token` (root, on this host)"
+            );
+        }
+        // The files before the state: a state never exists without its key and certificate.
+        tls::write_chain(&config.data_dir, &material.chain)?;
+        let host = RegisterHost {
+            name: config.name.clone(),
+            underlay: config.underlay.to_string(),
+            peer_addr: config.peer_listen.to_string(),
+            key_sha256: key.spki_sha256().to_vec(),
+            level: vxnet_controlplane::state::APPLY_LEVEL,
+        };
+        let node = Node::bootstrap_with(
+            node_config,
+            cluster_id,
+            host,
+            vec![command::Kind::InitTls(material.init)],
+        )?;
+        return Ok(Opened {
+            node,
+            seed_peers: BTreeMap::new(),
+            seed_security: None,
+            own: Some((key, material.chain)),
+        });
     }
-    let Some(mut target) = config.join.clone() else {
+    let Some(target) = config.join.clone() else {
         return Err(AgentError::Config(
             "the data dir holds no cluster state: pass --bootstrap (first host) or --join HOST:PORT".into(),
         ));
     };
-    let request = JoinRequest {
+    let Some(token) = token else {
+        return Err(AgentError::Refused(
+            "--join needs --token: print the join token on a member with `vxnet cluster \
+             join-token`"
+                .into(),
+        ));
+    };
+    join_cluster(config, node_config, target, token, phase).await
+}
+
+/// Joins through `target`: over TLS, or with the shared secret if the member runs the previous
+/// release. Refusals are final; an unreachable member is retried.
+async fn join_cluster(
+    config: &AgentConfig,
+    node_config: NodeConfig,
+    mut target: String,
+    token: JoinToken,
+    phase: &tokio::sync::watch::Sender<String>,
+) -> Result<Opened, AgentError> {
+    let key = tls::load_or_create_key(&config.data_dir)?;
+    let csr = key
+        .csr_der(&config.name)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    let tls_request = JoinRequest {
         request_id: random_bytes::<16>().to_vec(),
-        host: Some(host),
-        ..Default::default()
+        host: Some(RegisterHost {
+            name: config.name.clone(),
+            underlay: config.underlay.to_string(),
+            peer_addr: config.peer_listen.to_string(),
+            key_sha256: key.spki_sha256().to_vec(),
+            level: vxnet_controlplane::state::APPLY_LEVEL,
+        }),
+        csr,
+        proof: Vec::new(),
+    };
+    // The previous release's request: no level-2 fields, which its replicas would drop.
+    let legacy_request = JoinRequest {
+        request_id: random_bytes::<16>().to_vec(),
+        host: Some(RegisterHost {
+            name: config.name.clone(),
+            underlay: config.underlay.to_string(),
+            peer_addr: config.peer_listen.to_string(),
+            ..RegisterHost::default()
+        }),
+        ..JoinRequest::default()
     };
     let mut backoff = Duration::from_millis(200);
+    let mut legacy_refusals = 0u32;
     loop {
         phase.send_replace(format!("joining the cluster through {target}"));
-        let answer = transport::join(
+        let answer = match transport::join_tls(
             &target,
-            config.token.as_deref(),
-            &config.name,
-            request.clone(),
+            &token,
+            tls_request.clone(),
             Duration::from_secs(15),
         )
-        .await;
-        match answer.map(|r| r.result) {
-            Ok(Some(join_response::Result::Accepted(accepted))) => {
+        .await
+        {
+            Ok(answer) => Ok((answer, true)),
+            Err(JoinError::Final(why)) => {
+                return Err(AgentError::Refused(format!(
+                    "join refused by {target}: {why}"
+                )));
+            }
+            Err(JoinError::Legacy) => match token.legacy_key() {
+                None => {
+                    return Err(AgentError::Refused(format!(
+                        "{target} runs a previous vxnet release (shared-secret protocol only): \
+                         join through an upgraded member, or pass the bare secret while the \
+                         cluster is being upgraded"
+                    )));
+                }
+                Some(_) => transport::join(
+                    &target,
+                    config.token.as_deref(),
+                    &config.name,
+                    legacy_request.clone(),
+                    Duration::from_secs(15),
+                )
+                .await
+                .map(|answer| (answer, false))
+                .map_err(JoinError::Retry),
+            },
+            Err(e) => Err(e),
+        };
+        match answer.map(|(r, tls)| (r.result, tls)) {
+            Ok((Some(join_response::Result::Accepted(accepted)), over_tls)) => {
                 tracing::info!(
                     node_id = accepted.node_id,
                     via = target,
+                    tls = over_tls,
                     "joined the cluster"
                 );
-                let seed = accepted
+                let seed_peers = accepted
                     .members
                     .iter()
                     .map(|h| (h.node_id, h.peer_addr.clone()))
                     .collect();
-                return Ok((
-                    Node::join(node_config, accepted.cluster_id, accepted.node_id)?,
-                    seed,
-                ));
+                let (own, seed_security) = if over_tls {
+                    let chain = tls::accepted_chain(&accepted, &key)?;
+                    tls::write_chain(&config.data_dir, &chain)?;
+                    // The members the answer named, with their pins, until the first snapshot.
+                    let view = transport::SecurityView {
+                        trusted_cas: vec![chain[1].clone()],
+                        members: accepted
+                            .members
+                            .iter()
+                            .map(|h| {
+                                (
+                                    h.node_id,
+                                    <[u8; 32]>::try_from(h.key_sha256.as_slice()).ok(),
+                                )
+                            })
+                            .collect(),
+                        next_node_id: accepted.node_id + 1,
+                        join_key: None,
+                        legacy_open: false,
+                    };
+                    (Some((key, chain)), Some(view))
+                } else {
+                    (None, Some(transport::SecurityView::legacy()))
+                };
+                return Ok(Opened {
+                    node: Node::join(node_config, accepted.cluster_id, accepted.node_id)?,
+                    seed_peers,
+                    seed_security,
+                    own,
+                });
             }
-            Ok(Some(join_response::Result::Error(failure))) => {
-                return Err(AgentError::Config(format!(
+            Ok((Some(join_response::Result::Error(failure)), _)) => {
+                return Err(AgentError::Refused(format!(
                     "join refused by {target}: {}",
                     failure.message
                 )));
             }
-            Ok(Some(join_response::Result::NotLeader(hint))) if !hint.leader_addr.is_empty() => {
+            Ok((Some(join_response::Result::NotLeader(hint)), _))
+                if !hint.leader_addr.is_empty() =>
+            {
                 target = hint.leader_addr;
                 continue;
             }
             Ok(_) => tracing::warn!(via = target, "join: no answer yet, retrying"),
+            Err(JoinError::Retry(TransportError::Refused | TransportError::AuthFailed)) => {
+                // A previous-release member closes without a word on a wrong secret (or when
+                // all its slots are busy): a few tries, then final.
+                legacy_refusals += 1;
+                if legacy_refusals >= 3 {
+                    return Err(AgentError::Refused(format!(
+                        "{target} closed the connection after our proof three times: wrong \
+                         --token?"
+                    )));
+                }
+                tracing::warn!(
+                    via = target,
+                    "join: the member closed the connection; retrying"
+                );
+            }
             Err(e) => tracing::warn!(via = target, "join: {e}; retrying"),
         }
         tokio::time::sleep(backoff).await;

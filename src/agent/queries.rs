@@ -204,6 +204,27 @@ pub(super) fn stats(agent: &Agent) -> ApiResponse {
     for (name, count) in agent.dns.counters() {
         counters.insert(format!("dns.{name}"), count);
     }
+    let t = agent.transport.stats();
+    for (name, count) in [
+        ("raft_sent", t.raft_sent),
+        ("raft_send_dropped", t.raft_send_dropped),
+        ("raft_delivered", t.raft_delivered),
+        ("bad_raft_payloads", t.bad_raft_payloads),
+        ("misaddressed", t.misaddressed),
+        ("inbound_dropped", t.inbound_dropped),
+        ("handshakes_refused", t.handshakes_refused),
+        (
+            "connections_closed_bad_input",
+            t.connections_closed_bad_input,
+        ),
+        ("unreachable_reported", t.unreachable_reported),
+        ("tls_accepted", t.tls_accepted),
+        ("legacy_accepted", t.legacy_accepted),
+        ("joins_refused", t.joins_refused),
+        ("connections_closed_revoked", t.connections_closed_revoked),
+    ] {
+        counters.insert(format!("transport.{name}"), count);
+    }
     counters.insert("fib.mac_entries".into(), fib.mac_count() as u64);
     counters.insert("raft.term".into(), view.term);
     counters.insert("raft.commit_index".into(), view.commit_index);

@@ -216,6 +216,35 @@ enum ClusterCmd {
         /// Host name.
         name: String,
     },
+    /// Print the token that lets a host join the cluster, and the command that uses it.
+    JoinToken {
+        /// Only print the token.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Replace the join secret first: tokens printed before no longer let hosts join
+        /// (members are unaffected).
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Manage the cluster's certificate authority (what peer certificates chain to).
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCmd {
+    /// Start a CA rotation: a new CA, and every host re-signs its certificate with it; then,
+    /// with --finish, stop trusting the previous CA.
+    Rotate {
+        /// Finish the rotation under way: the previous CA is no longer trusted (refused while a
+        /// host still presents a certificate of it).
+        #[arg(long)]
+        finish: bool,
+        /// With --finish: finish even while some hosts still present a certificate of the
+        /// previous CA (they must then join again).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -343,6 +372,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ClusterCmd::Members { format } => cluster::members(&api, &format, console),
             ClusterCmd::Leave => cluster::leave(&api),
             ClusterCmd::Rm { name } => cluster::rm(&api, name),
+            ClusterCmd::JoinToken { quiet, rotate } => {
+                cluster::join_token(&api, quiet, rotate, console)
+            }
+            ClusterCmd::Ca(CaCmd::Rotate { finish, force }) => {
+                cluster::ca_rotate(&api, finish, force, console)
+            }
         },
         Command::Fdb(cmd) => match cmd {
             FdbCmd::Add {

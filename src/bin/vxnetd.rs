@@ -43,9 +43,14 @@ struct Flags {
     /// Join the cluster through any member's peer address, HOST:PORT (ignored once the data dir has state).
     #[arg(long)]
     join: Option<String>,
-    /// Join secret: every peer connection proves knowledge of it (HMAC challenge).
+    /// Join token (`vxnet cluster join-token` on a member prints it) or a shared secret. With
+    /// --join it is required; with --bootstrap it is optional (a secret is generated).
     #[arg(long, env = "VXNET_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Lifetime of the node certificates this host signs, in seconds [default: 90 days]
+    /// (tests: renewal happens at 2/3 of it).
+    #[arg(long, hide = true, value_name = "SECONDS")]
+    cert_lifetime: Option<u64>,
     /// Overlay MTU [default: the underlay interface's MTU − 50].
     #[arg(long)]
     mtu: Option<u32>,
@@ -127,10 +132,13 @@ fn main() -> ExitCode {
         docker_plugin: flags.docker_plugin,
         dns_upstream: (!flags.dns_upstream.is_empty()).then_some(flags.dns_upstream),
     };
-    let config = match from_flags.over(file).into_agent_config() {
+    let mut config = match from_flags.over(file).into_agent_config() {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
+    if let Some(secs) = flags.cert_lifetime {
+        config.cert_lifetime = std::time::Duration::from_secs(secs.max(1));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -25,6 +25,16 @@ pub fn rfc3339(unix_ms: u64) -> String {
     format!("{ts:.3}")
 }
 
+/// `2026-11-23T15:41:48Z` from milliseconds since the Unix epoch: RFC 3339, UTC, whole seconds
+/// (the milliseconds dropped), for dates that are not docker's (`cluster members`).
+pub fn rfc3339_seconds(unix_ms: u64) -> String {
+    let ts = i64::try_from(unix_ms / 1000)
+        .ok()
+        .and_then(|s| Timestamp::from_second(s).ok())
+        .unwrap_or(Timestamp::MAX);
+    format!("{ts:.0}")
+}
+
 /// `docker network inspect`'s JSON for one network (plus vxnet's `Host`/`Peers` details).
 pub fn network_json(
     net: &Network,
@@ -246,6 +256,9 @@ mod tests {
         assert_eq!(rfc3339(1_795_444_908_123), "2026-11-23T14:41:48.123Z");
         assert_eq!(rfc3339(253_402_207_199_999), "9999-12-30T21:59:59.999Z");
         assert_eq!(rfc3339(u64::MAX), "9999-12-30T22:00:00.999Z");
+        assert_eq!(rfc3339_seconds(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_seconds(1_795_444_908_999), "2026-11-23T14:41:48Z");
+        assert_eq!(rfc3339_seconds(u64::MAX), "9999-12-30T22:00:00Z");
     }
 
     #[test]

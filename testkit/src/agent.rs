@@ -33,8 +33,14 @@ pub fn agent_args(index: usize, name: &str, data_dir: &Path, api: &Path) -> Vec<
     } else {
         args.extend(["--join".into(), format!("192.168.200.1:{PEER_PORT}")]);
     }
+    // A bare secret, which this release and the previous one both take (the upgrade test runs
+    // both): it keys the join proofs, and the previous release's handshake.
+    args.extend(["--token".into(), TEST_TOKEN.into()]);
     args
 }
+
+/// The join secret every test cluster is started with.
+pub const TEST_TOKEN: &str = "vxnet-test-secret";
 
 /// How to start one agent process.
 #[derive(Debug)]

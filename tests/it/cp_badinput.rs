@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use prost::Message as _;
 use serde_json::Value;
-use vxnet_controlplane::transport::PeerConnection;
+use vxnet_controlplane::transport::pki::NodeKey;
+use vxnet_controlplane::transport::token::JoinToken;
+use vxnet_controlplane::transport::{self};
 use vxnet_dataplane::io::{NamedNetns, NetnsHandle};
 use vxnet_proto::peer_envelope::Body;
 use vxnet_proto::{
     ApiResponse, JoinRequest, PeerEnvelope, RegisterHost, api_response::Kind as Resp,
 };
+use vxnet_testkit::agent::TEST_TOKEN;
 
 /// Deterministic pseudo-random bytes (xorshift64*).
 fn noise(seed: u64, n: usize) -> Vec<u8> {
@@ -213,21 +216,11 @@ impl Stranger {
     }
 }
 
-/// Connects to `addr`, optionally reads the server's greeting, writes `bytes`, and returns how
-/// long the server took to close the connection (`None`: still open after `wait`).
-fn tcp_garbage(addr: &str, read_greeting: bool, bytes: &[u8], wait: Duration) -> Option<Duration> {
+/// Connects to `addr`, writes `bytes`, and returns how long the server took to close the
+/// connection (`None`: still open after `wait`).
+fn tcp_garbage(addr: &str, bytes: &[u8], wait: Duration) -> Option<Duration> {
     let mut s = TcpStream::connect(addr).expect("connect to the peer port");
     s.set_read_timeout(Some(wait)).expect("timeout");
-    if read_greeting {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).expect("greeting length");
-        let len = u32::from_be_bytes(len) as usize;
-        assert!(len < 4096, "greeting of {len} bytes");
-        let mut body = vec![0; len];
-        s.read_exact(&mut body).expect("greeting");
-        let env = PeerEnvelope::decode(body.as_slice()).expect("greeting decodes");
-        assert!(matches!(env.body, Some(Body::Hello(_))), "{env:?}");
-    }
     let t = Instant::now();
     let _ = s.write_all(bytes);
     let mut sink = [0u8; 4096];
@@ -268,11 +261,11 @@ fn raft_term(agent: &Agent) -> u64 {
     stats["raft.term"].as_u64().expect("raft.term")
 }
 
-/// Malformed and hostile peer traffic from a stranger on the underlay: random bytes, huge and
-/// lying length prefixes, a stalled handshake, a connection flood; and, with the token (empty in
-/// tests), join requests without a host or with a taken name, Raft messages on a join-only
-/// connection, undecodable or misaddressed Raft payloads. The agents keep serving and the
-/// cluster neither loses its leader nor changes.
+/// Malformed and hostile peer traffic from a stranger on the underlay (the cluster speaks mutual
+/// TLS): random bytes, broken and huge TLS records, the previous release's handshake (no longer
+/// allowed), silence, a stalled handshake, a connection flood; and, with the join secret, join
+/// requests without a host, with a taken name or with a wrong proof. The agents keep serving and
+/// the cluster neither loses its leader nor changes.
 #[test]
 fn peer_port_survives_garbage() {
     if !require_root("peer_port_survives_garbage") {
@@ -290,27 +283,23 @@ fn peer_port_survives_garbage() {
     let before = h1.vxnet(&["network", "ls", "--format", "json", "--no-trunc"]);
     let members_before = h1.vxnet(&["cluster", "members", "--format", "json"]);
     let term_before = raft_term(h1);
-    let cluster_id: u64 = std::fs::read_to_string(h1.data_dir.join("meta"))
-        .expect("h1 meta")
-        .lines()
-        .find_map(|l| l.strip_prefix("cluster_id="))
-        .and_then(|v| v.parse().ok())
-        .expect("cluster_id in meta");
     let stranger = Stranger::new(&cluster, "192.168.200.99");
     let target = "192.168.200.1:7946";
 
-    // Raw garbage before and after the greeting: closed, within the handshake timeout (5 s).
+    // Raw garbage, broken TLS, the previous release's handshake and silence: closed at once
+    // (silence after 300 ms, when a previous release's client would be greeted).
     let closes = stranger.run(|| {
-        let mut huge_then_data = vec![0xff, 0xff, 0xff, 0xff];
-        huge_then_data.extend(noise(9, 1000));
-        let mut liar = 100u32.to_be_bytes().to_vec();
-        liar.extend(noise(3, 100));
-        let cases: Vec<(&str, bool, Vec<u8>)> = vec![
-            ("random 4 KiB, no greeting read", false, noise(1, 4096)),
-            ("random 4 KiB", true, noise(2, 4096)),
-            ("huge length prefix", true, huge_then_data),
-            ("valid length, garbage prost", true, liar),
-            ("a Hello with a bad MAC", true, {
+        let mut random = noise(1, 4096);
+        random[0] = 0x42;
+        let mut broken_record = vec![0x16, 0x03, 0x01, 0x00, 0x40];
+        broken_record.extend(noise(3, 64));
+        let mut huge_record = vec![0x16, 0x03, 0x03, 0xff, 0xff];
+        huge_record.extend(noise(9, 1000));
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("random 4 KiB", random),
+            ("a TLS record of garbage", broken_record),
+            ("a huge TLS record", huge_record),
+            ("the previous release's Hello, unasked", {
                 let hello = PeerEnvelope {
                     body: Some(Body::Hello(vxnet_proto::Hello {
                         host_name: "x".into(),
@@ -322,11 +311,12 @@ fn peer_port_survives_garbage() {
                 };
                 frame(&hello.encode_to_vec())
             }),
+            ("silence", Vec::new()),
         ];
         cases
             .into_iter()
-            .map(|(what, greet, bytes)| {
-                let closed = tcp_garbage(target, greet, &bytes, Duration::from_secs(8));
+            .map(|(what, bytes)| {
+                let closed = tcp_garbage(target, &bytes, Duration::from_secs(8));
                 (what, closed)
             })
             .collect::<Vec<_>>()
@@ -369,22 +359,20 @@ fn peer_port_survives_garbage() {
         "only {closed} of 300 silent connections were dropped"
     );
 
-    // With the token (empty here): join requests that must be refused, Raft on a join-only
-    // connection, undecodable and misaddressed Raft payloads on a member connection.
-    // Meanwhile, a stalled handshake (a length, part of a frame, silence) is dropped by the
-    // handshake timeout (5 s).
-    let (stalled, (join_answers, join_only_closed, member_kept, member_closed)) =
-        std::thread::scope(|s| {
-            let stalled = s.spawn(|| {
-                stranger.run(|| {
-                    let mut partial = 4000u32.to_be_bytes().to_vec();
-                    partial.extend_from_slice(&[0; 10]);
-                    tcp_garbage(target, true, &partial, Duration::from_secs(9))
-                })
-            });
-            let checks = token_checks(&stranger, target, cluster_id);
-            (stalled.join().expect("stalled"), checks)
+    // With the join secret: join requests that must be refused, and the previous release's
+    // handshake. Meanwhile, a stalled handshake (part of a ClientHello, then silence) is dropped
+    // by the handshake timeout (5 s).
+    let (stalled, (join_answers, wrong_secret, legacy)) = std::thread::scope(|s| {
+        let stalled = s.spawn(|| {
+            stranger.run(|| {
+                let mut partial = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+                partial.extend_from_slice(&[1; 10]);
+                tcp_garbage(target, &partial, Duration::from_secs(9))
+            })
         });
+        let checks = join_checks(&stranger, target);
+        (stalled.join().expect("stalled"), checks)
+    });
     let stalled = stalled.expect("a stalled handshake must be dropped");
     assert!(
         (Duration::from_secs(4)..Duration::from_secs(7)).contains(&stalled),
@@ -398,16 +386,16 @@ fn peer_port_survives_garbage() {
     assert!(error_of(&no_host).contains("without host"), "{no_host:?}");
     assert!(error_of(&taken).contains("h2"), "{taken:?}");
     assert!(
-        matches!(join_only_closed, Ok(Ok(None)) | Ok(Err(_))),
-        "a Raft message on a join-only connection closes it: {join_only_closed:?}"
+        wrong_secret.contains("wrong join token"),
+        "a wrong secret is refused, finally: {wrong_secret}"
     );
     assert!(
-        member_kept,
-        "undecodable Raft payloads are dropped, not fatal"
+        legacy.is_err(),
+        "the previous release's handshake is refused once every host runs TLS: {legacy:?}"
     );
     assert!(
-        matches!(member_closed, Ok(Ok(None)) | Ok(Err(_))),
-        "an oversized frame closes the connection: {member_closed:?}"
+        h1.counter("transport.joins_refused").unwrap_or(0) >= 1,
+        "the refused proof is counted"
     );
 
     // Both agents alive and serving; same leader and term; nothing changed but during-flood.
@@ -597,23 +585,15 @@ fn cli_conflicts_are_refused_and_change_nothing() {
     );
 }
 
-type TokenChecks = (
+type JoinChecks = (
     (vxnet_proto::JoinResponse, vxnet_proto::JoinResponse),
-    Result<
-        Result<Option<PeerEnvelope>, vxnet_controlplane::transport::TransportError>,
-        tokio::time::error::Elapsed,
-    >,
-    bool,
-    Result<
-        Result<Option<PeerEnvelope>, vxnet_controlplane::transport::TransportError>,
-        tokio::time::error::Elapsed,
-    >,
+    String,
+    Result<vxnet_proto::JoinResponse, vxnet_controlplane::transport::TransportError>,
 );
 
-/// With the token (empty in tests), from the stranger's namespace: join requests that must be
-/// refused, a Raft message on a join-only connection, undecodable and misaddressed Raft
-/// payloads then an oversized frame on a member connection.
-fn token_checks(stranger: &Stranger, target: &str, cluster_id: u64) -> TokenChecks {
+/// From the stranger's namespace, with the join secret: join requests that must be refused (no
+/// host, a taken name), a wrong secret, and a join with the previous release's handshake.
+fn join_checks(stranger: &Stranger, target: &str) -> JoinChecks {
     stranger.run(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -621,77 +601,39 @@ fn token_checks(stranger: &Stranger, target: &str, cluster_id: u64) -> TokenChec
             .expect("runtime");
         rt.block_on(async {
             let t = Duration::from_secs(5);
-            let join = |host: Option<RegisterHost>| async move {
-                let request = JoinRequest {
-                    request_id: noise(host.is_some() as u64 + 11, 16),
-                    host,
-                    ..Default::default()
-                };
-                vxnet_controlplane::transport::join(target, None, "stranger", request, t).await
-            };
-            let no_host = join(None).await.expect("join answer");
-            let taken = join(Some(RegisterHost {
-                name: "h2".into(),
-                underlay: "192.168.200.99".into(),
-                peer_addr: "192.168.200.99:7946".into(),
+            let key = NodeKey::generate().expect("key");
+            let secret = JoinToken::parse(TEST_TOKEN).expect("token");
+            let request = |host: Option<RegisterHost>| JoinRequest {
+                request_id: noise(host.is_some() as u64 + 11, 16),
+                host,
+                csr: key.csr_der("stranger").expect("csr"),
                 ..Default::default()
-            }))
+            };
+            let join = |token: JoinToken, host: Option<RegisterHost>| {
+                let request = request(host);
+                async move { transport::join_tls(target, &token, request, t).await }
+            };
+            let no_host = join(secret.clone(), None).await.expect("join answer");
+            let taken = join(
+                secret.clone(),
+                Some(RegisterHost {
+                    name: "h2".into(),
+                    underlay: "192.168.200.99".into(),
+                    peer_addr: "192.168.200.99:7946".into(),
+                    key_sha256: key.spki_sha256().to_vec(),
+                    level: 2,
+                }),
+            )
             .await
             .expect("join answer");
-
-            // Join-only connection: a Raft message closes it.
-            let mut c = PeerConnection::connect(target, None, "stranger", 0, 0, t)
-                .await
-                .expect("join-only handshake");
-            let raft = PeerEnvelope {
-                cluster_id: 0,
-                from: 0,
-                to: 1,
-                body: Some(Body::RaftMessage(vec![1, 2, 3])),
+            let wrong = JoinToken::parse("not the secret").expect("token");
+            let wrong_secret = match join(wrong, None).await {
+                Err(transport::JoinError::Final(why)) => why,
+                other => panic!("a wrong secret must be refused, finally: {other:?}"),
             };
-            c.send(&raft).await.expect("send");
-            let join_only_closed = tokio::time::timeout(t, c.recv()).await;
-
-            // Member connection (node 99 of the right cluster): bad payloads are dropped and
-            // the connection kept; a frame over the limit closes it.
-            let mut c = PeerConnection::connect(target, None, "stranger", 99, cluster_id, t)
-                .await
-                .expect("member handshake");
-            for bytes in [noise(5, 64), vec![0xff; 3]] {
-                let env = PeerEnvelope {
-                    cluster_id,
-                    from: 99,
-                    to: 1,
-                    body: Some(Body::RaftMessage(bytes)),
-                };
-                c.send(&env).await.expect("send garbage raft");
-            }
-            // A well-formed heartbeat for somebody else.
-            let mut m = raft::eraftpb::Message::default();
-            m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
-            m.to = 7;
-            m.from = 99;
-            m.term = 1_000_000;
-            let env = PeerEnvelope {
-                cluster_id,
-                from: 99,
-                to: 7,
-                body: Some(Body::RaftMessage(
-                    vxnet_controlplane::node::encode_raft_message(&m).expect("encode"),
-                )),
-            };
-            c.send(&env).await.expect("send misaddressed");
-            let member_kept = tokio::time::timeout(Duration::from_millis(500), c.recv())
-                .await
-                .is_err();
-            c.send_raw(&[0x7f, 0xff, 0xff, 0xff]).await.expect("send");
-            let member_closed = tokio::time::timeout(t, c.recv()).await;
-            (
-                (no_host, taken),
-                join_only_closed,
-                member_kept,
-                member_closed,
-            )
+            let legacy =
+                transport::join(target, Some(TEST_TOKEN), "stranger", request(None), t).await;
+            ((no_host, taken), wrong_secret, legacy)
         })
     })
 }

@@ -8,11 +8,13 @@ use vxnet_proto::peer_envelope::Body;
 use vxnet_proto::{ForwardRequest, ForwardResponse, JoinRequest, JoinResponse, PeerEnvelope};
 
 use super::TransportError;
-use super::connection::connect_inner;
+use super::connection::{Route, connect_inner};
 use super::handshake::{Accepted, Identity};
 use super::shared::Core;
 
-/// One-shot join RPC on a fresh connection (auth handshake with cluster id 0, one request, one response, close), with a timeout.
+/// One-shot join RPC with the previous release's shared-secret handshake (cluster id 0, one
+/// request, one response, close), with a timeout: to join a cluster of that release (see
+/// [`join_tls`](super::join_tls) for the TLS join).
 pub async fn join(
     addr: &str,
     token: Option<&str>,
@@ -26,14 +28,22 @@ pub async fn join(
         node_id: 0,
         cluster_id: 0,
     };
-    rpc(addr, me, Body::JoinRequest(request), timeout, |b| match b {
-        Body::JoinResponse(r) => Some(r),
-        _ => None,
-    })
+    rpc(
+        addr,
+        me,
+        &Route::legacy(),
+        Body::JoinRequest(request),
+        timeout,
+        |b| match b {
+            Body::JoinResponse(r) => Some(r),
+            _ => None,
+        },
+    )
     .await
 }
 
-/// One-shot forward RPC on a fresh connection (auth handshake, one request, one response, close), with a timeout.
+/// One-shot forward RPC with the shared-secret handshake (one request, one response, close),
+/// with a timeout; members use [`Transport::forward`](super::Transport::forward).
 pub async fn forward(
     addr: &str,
     token: Option<&str>,
@@ -52,6 +62,7 @@ pub async fn forward(
     rpc(
         addr,
         me,
+        &Route::legacy(),
         Body::ForwardRequest(request),
         timeout,
         |b| match b {
@@ -67,12 +78,13 @@ pub async fn forward(
 pub(super) async fn rpc<T>(
     addr: &str,
     me: Identity<'_>,
+    route: &Route,
     body: Body,
     timeout: Duration,
     pick: impl Fn(Body) -> Option<T>,
 ) -> Result<T, TransportError> {
     let call = async {
-        let mut conn = connect_inner(addr, me, None).await?;
+        let mut conn = connect_inner(addr, me, None, route).await?;
         let env = PeerEnvelope {
             cluster_id: me.cluster_id,
             from: me.node_id,

@@ -88,6 +88,8 @@ pub(super) struct Accepted {
     pub(super) peer: RemotePeer,
     /// What it may send.
     pub(super) access: Access,
+    /// The node id its certificate proved (TLS); `None` for the shared-secret handshake.
+    pub(super) bound: Option<u64>,
 }
 
 /// Server side: greets with a nonce, checks the client's MAC and cluster id, then proves the
@@ -168,6 +170,7 @@ where
             cluster_id: env.cluster_id,
         },
         access,
+        bound: None,
     })
 }
 

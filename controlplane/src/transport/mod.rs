@@ -1,17 +1,28 @@
 //! Peer transport: agents talk over TCP with length-prefixed [`PeerEnvelope`] frames.
 //!
 //! This module holds the public types and the [`Transport`] handle; the work is split by job:
-//! `wire` (framing), `handshake` (the HMAC handshake), `connection` (dialing a peer),
-//! `peer` (one writer task per peer), `server` (accepting and reading inbound connections),
-//! `forward` (the join/forward request RPCs and their replies) and `shared` (the state all
-//! tasks share).
+//! `wire` (framing), `handshake` (the previous release's HMAC handshake), `tls_stream` (TLS
+//! member connections and telling the two protocols apart), `join` (joining over TLS, both
+//! ends), `security` (the view of the state that decides who may connect, and our own
+//! certificate), `connection` (dialing a peer), `peer` (one writer task per peer), `server`
+//! (accepting and reading inbound connections), `forward` (the shared-secret join and the
+//! forward request RPCs and their replies) and `shared` (the state all tasks share); `pki`,
+//! `tls` and `token` are the certificate, rustls and join-token building blocks.
+//!
+//! Security: once the cluster has a CA (see `docs/design/peer-tls.md`), members talk TLS 1.3
+//! with mutual authentication: a certificate of the cluster CA naming the node id, the node a
+//! current member whose key pin matches, then one `Hello` each way inside TLS whose node id must
+//! be the certificate's; every Raft message's `from` must be it too. A client without a
+//! certificate may only join, proving the join secret bound to the TLS session. A server that
+//! has a certificate looks at the first byte: TLS, or silence for 300 ms (a client of the
+//! previous release, greeted with the handshake below while the state still allows it).
 //!
 //! Wire format: vxnet's one framing ([`vxnet_proto::frame`]) of prost-encoded
 //! [`PeerEnvelope`]s. Frames above [`MAX_FRAME_LEN`] are refused before anything is allocated
 //! for them; before the handshake the limit is [`MAX_HANDSHAKE_FRAME_LEN`], so a stranger
 //! cannot make us allocate.
 //!
-//! Handshake (every connection, both directions of trust):
+//! The previous release's handshake (a cluster being upgraded; both directions of trust):
 //! 1. the server sends `Hello { nonce: 16 random bytes }`;
 //! 2. the client answers `Hello { host_name, node_id, nonce: its own 16 bytes, auth }` in an
 //!    envelope carrying its cluster id, with
@@ -33,11 +44,14 @@
 mod connection;
 mod forward;
 mod handshake;
+mod join;
 mod peer;
 pub mod pki;
+mod security;
 mod server;
 mod shared;
 pub mod tls;
+mod tls_stream;
 pub mod token;
 mod wire;
 
@@ -58,9 +72,13 @@ use vxnet_proto::{ForwardRequest, ForwardResponse, JoinRequest, JoinResponse, Re
 
 pub use connection::PeerConnection;
 pub use forward::{forward, join};
+pub use join::{JoinError, join_tls};
+pub use rustls::pki_types::CertificateDer;
+pub use security::SecurityView;
 
 use handshake::random_nonce;
 use peer::{PeerEntry, run_peer_writer};
+use security::Security;
 use server::accept_loop;
 use shared::{Core, Counters, bump, lock};
 
@@ -159,6 +177,28 @@ pub enum TransportError {
     /// The OS random source failed (nonces cannot be drawn).
     #[error("no randomness available: {0}")]
     Random(String),
+    /// The peer speaks only the previous release's shared-secret protocol.
+    #[error("the peer runs a previous vxnet release (shared-secret handshake)")]
+    LegacyPeer,
+    /// The peer speaks only the previous release's protocol, which this cluster no longer
+    /// accepts.
+    #[error(
+        "the peer runs a previous vxnet release (shared-secret handshake); this cluster requires \
+         mutual TLS since every host was upgraded: upgrade vxnet on that host"
+    )]
+    LegacyRefused,
+    /// A member refused our certificate as revoked: this host was removed from the cluster.
+    #[error(
+        "this host was removed from the cluster: members refuse its certificate (certificate \
+         revoked)"
+    )]
+    Revoked,
+    /// The TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Our certificate or key cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] tls::TlsError),
 }
 
 /// Configuration of [`Transport::start`].
@@ -176,6 +216,8 @@ pub struct TransportConfig {
     pub token: Option<String>,
     /// Per-peer outbound queue length (messages); 0 is treated as 1.
     pub queue_len: usize,
+    /// Who may connect, until [`Transport::set_security`] says otherwise.
+    pub security: SecurityView,
 }
 
 impl TransportConfig {
@@ -188,6 +230,7 @@ impl TransportConfig {
             cluster_id: 0,
             token: None,
             queue_len: DEFAULT_QUEUE_LEN,
+            security: SecurityView::legacy(),
         }
     }
 }
@@ -230,6 +273,9 @@ pub enum Inbound {
     },
     /// A peer's outbound queue overflowed or its connection failed: call Node::report_unreachable.
     Unreachable(u64),
+    /// A member refused our certificate as revoked (it names the node id of that member): this
+    /// host was removed from the cluster.
+    Revoked(u64),
 }
 
 /// Counters, for metrics and tests.
@@ -254,6 +300,14 @@ pub struct TransportStats {
     pub connections_closed_bad_input: u64,
     /// `Inbound::Unreachable` events emitted.
     pub unreachable_reported: u64,
+    /// Inbound member connections authenticated with TLS.
+    pub tls_accepted: u64,
+    /// Inbound connections authenticated with the previous release's shared-secret handshake.
+    pub legacy_accepted: u64,
+    /// Join requests refused for a wrong proof of the join secret.
+    pub joins_refused: u64,
+    /// Connections closed because the peer was removed or its protocol is no longer allowed.
+    pub connections_closed_revoked: u64,
 }
 
 /// Owner of the shutdown signal; dropped with the last [`Transport`] clone.
@@ -308,6 +362,7 @@ impl Transport {
             local_addr,
             host_name: cfg.host_name,
             token: cfg.token.map(String::into_bytes).unwrap_or_default(),
+            security: Security::new(cfg.security),
             queue_len: cfg.queue_len.max(1),
             node_id: AtomicU64::new(cfg.node_id),
             cluster_id: AtomicU64::new(cfg.cluster_id),
@@ -431,6 +486,7 @@ impl Transport {
         forward::rpc(
             addr,
             core.identity(),
+            &core.route(None),
             Body::ReachRequest(ReachRequest {}),
             timeout,
             |b| match b {
@@ -455,7 +511,60 @@ impl Transport {
             handshakes_refused: get(&c.handshakes_refused),
             connections_closed_bad_input: get(&c.connections_closed_bad_input),
             unreachable_reported: get(&c.unreachable_reported),
+            tls_accepted: get(&c.tls_accepted),
+            legacy_accepted: get(&c.legacy_accepted),
+            joins_refused: get(&c.joins_refused),
+            connections_closed_revoked: get(&c.connections_closed_revoked),
         }
+    }
+
+    /// Replaces the security view (after every applied change that touches it): connections of
+    /// removed nodes close, and so do shared-secret connections once the state stops allowing
+    /// them.
+    pub fn set_security(&self, view: SecurityView) {
+        self.inner.core.security.set_view(view);
+    }
+
+    /// Installs or renews this host's certificate chain (node certificate first, then its CA,
+    /// then the cross-signed CA during a rotation) and key: new connections present it, open
+    /// ones are kept.
+    pub fn set_own_cert(
+        &self,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: &pki::NodeKey,
+    ) -> Result<(), TransportError> {
+        let core = &self.inner.core;
+        core.security
+            .set_own_cert(core.cluster_id(), chain, key)
+            .map_err(TransportError::from)
+    }
+
+    /// Whether this host presents a certificate (members then dial it over TLS).
+    pub fn has_cert(&self) -> bool {
+        self.inner.core.security.tls().is_some()
+    }
+
+    /// Forwards a proposal to the member at `addr` (normally the leader) and waits for its
+    /// answer, authenticated as this host.
+    pub async fn forward(
+        &self,
+        addr: &str,
+        request: ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardResponse, TransportError> {
+        let core = &self.inner.core;
+        forward::rpc(
+            addr,
+            core.identity(),
+            &core.route(None),
+            Body::ForwardRequest(request),
+            timeout,
+            |b| match b {
+                Body::ForwardResponse(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
     }
 }
 

@@ -18,7 +18,9 @@ use tracing::{debug, info, warn};
 
 use super::connection::{PeerConnection, connect_inner};
 use super::shared::{Core, Reach, bump};
-use super::{BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES, BATCH_MSGS, TransportError, WRITE_TIMEOUT};
+use super::{
+    BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES, BATCH_MSGS, Inbound, TransportError, WRITE_TIMEOUT,
+};
 
 /// An outbound connection with nothing to send for this long is closed. Longer than an
 /// election (1-2 s of vote traffic), far shorter than a leader's silence: the leader sends a
@@ -94,7 +96,8 @@ pub(super) async fn run_peer_writer(
             _ = &mut stop => return,
             _ = shutdown.changed() => return,
         };
-        let attempt = connect_inner(&addr, core.identity(), Some(id));
+        let route = core.route(Some(id));
+        let attempt = connect_inner(&addr, core.identity(), Some(id), &route);
         let result = tokio::select! {
             r = attempt => r,
             _ = &mut stop => return,
@@ -132,6 +135,10 @@ pub(super) async fn run_peer_writer(
                 }
             }
             Err(e) => {
+                if matches!(e, TransportError::Revoked) {
+                    // Final for this host: the agent decides (it stops).
+                    let _ = core.inbound.try_send(Inbound::Revoked(id));
+                }
                 failures = failures.saturating_add(1);
                 if failures == 1 {
                     warn!(peer = id, %addr, "cannot reach peer (retrying with backoff): {e}");
@@ -173,8 +180,11 @@ async fn pump(
     let PeerConnection {
         mut reader,
         mut writer,
+        legacy,
         ..
     } = conn;
+    // A shared-secret connection ends when the cluster stops allowing it: the next one is TLS.
+    let mut security = core.security.changed.subscribe();
     // The server never writes after the handshake; reading only detects its close early.
     let mut probe = [0u8; 64];
     let mut buf = Vec::new();
@@ -185,6 +195,12 @@ async fn pump(
             None => tokio::select! {
                 _ = &mut *stop => return PumpEnd::Stopped,
                 _ = shutdown.changed() => return PumpEnd::Stopped,
+                _ = security.changed(), if legacy => {
+                    if !core.security.view().legacy_open {
+                        return PumpEnd::Idle;
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep(IDLE_CLOSE) => return PumpEnd::Idle,
                 r = reader.read(&mut probe) => {
                     return PumpEnd::Failed(match r {
@@ -211,7 +227,10 @@ async fn pump(
         if buf.is_empty() {
             continue;
         }
-        let write = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&buf));
+        let write = tokio::time::timeout(WRITE_TIMEOUT, async {
+            writer.write_all(&buf).await?;
+            writer.flush().await
+        });
         let result = tokio::select! {
             r = write => r,
             _ = &mut *stop => return PumpEnd::Stopped,

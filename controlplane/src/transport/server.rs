@@ -9,13 +9,16 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use vxnet_proto::peer_envelope::Body;
 use vxnet_proto::{PeerEnvelope, ReachResponse};
 
+use super::connection::{BoxRead, BoxWrite};
 use super::forward::spawn_reply;
 use super::handshake::{Accepted, Access, server_handshake};
+use super::join::{VerifiedJoin, answer_join, read_join};
 use super::shared::{Core, Reach, bump, lock};
+use super::tls_stream::{self, Opening, TlsAccepted, opening};
 use super::wire::{read_frame, write_envelope};
 use super::{
     BACKOFF_MIN, EVICT_WAIT, HANDSHAKE_TIMEOUT, Inbound, MAX_FRAME_LEN, READ_BUF, TransportError,
@@ -110,16 +113,86 @@ async fn serve_connection(
     }
 }
 
-async fn serve_connection_inner(core: &Arc<Core>, stream: TcpStream, remote: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+/// A connection past its authentication.
+enum Opened {
+    /// A member (TLS) or a peer of the previous release (shared secret): reads go to
+    /// [`read_loop`].
+    Peer {
+        reader: BoxRead,
+        writer: BoxWrite,
+        accepted: Accepted,
+    },
+    /// A joiner that proved the join secret over TLS.
+    Join(Box<VerifiedJoin>),
+    /// Answered and finished (a refused join).
+    Done,
+}
+
+/// Everything a connection does before it is authenticated: tell TLS from the previous
+/// release's protocol, run that handshake, and for a TLS client without a certificate read and
+/// check its join request.
+async fn open(
+    core: &Arc<Core>,
+    stream: TcpStream,
+    remote: SocketAddr,
+) -> Result<Opened, TransportError> {
+    let tls = core.security.tls();
+    if let Some(side) = tls.as_deref() {
+        match opening(&stream).await {
+            Opening::Tls => {
+                return match tls_stream::accept(stream, side, core.identity()).await? {
+                    TlsAccepted::Member {
+                        reader,
+                        writer,
+                        peer,
+                    } => {
+                        bump(&core.counters.tls_accepted, 1);
+                        let bound = Some(peer.node_id);
+                        Ok(Opened::Peer {
+                            reader,
+                            writer,
+                            accepted: Accepted {
+                                peer,
+                                access: Access::Member,
+                                bound,
+                            },
+                        })
+                    }
+                    TlsAccepted::JoinOnly(tls) => Ok(match read_join(core, *tls, remote).await? {
+                        Some(join) => Opened::Join(Box::new(join)),
+                        None => Opened::Done,
+                    }),
+                };
+            }
+            Opening::Silent if core.security.view().legacy_open => {}
+            Opening::Silent => return Err(TransportError::LegacyRefused),
+            Opening::Garbage(b) => {
+                return Err(TransportError::Protocol(format!(
+                    "first byte {b:#04x} is no TLS handshake"
+                )));
+            }
+            Opening::Closed => return Err(TransportError::Closed),
+        }
+    }
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::with_capacity(READ_BUF, r);
+    let accepted = server_handshake(core, &mut r, &mut w).await?;
+    bump(&core.counters.legacy_accepted, 1);
+    Ok(Opened::Peer {
+        reader: Box::new(r),
+        writer: Box::new(w),
+        accepted,
+    })
+}
+
+async fn serve_connection_inner(core: &Arc<Core>, stream: TcpStream, remote: SocketAddr) {
+    let _ = stream.set_nodelay(true);
     let (evict_tx, evict_rx) = oneshot::channel::<()>();
     let seq = core.next_conn.fetch_add(1, Ordering::Relaxed);
     lock(&core.handshaking).push_back((seq, evict_tx));
     let handshaking = Handshaking { core, seq };
-    let handshake = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(core, &mut r, &mut w)) => r,
+    let opened = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, open(core, stream, remote)) => r,
         _ = evict_rx => {
             if core.may_log(remote.ip()) {
                 warn!(%remote, "dropping a peer connection still in its handshake: all slots taken");
@@ -128,8 +201,19 @@ async fn serve_connection_inner(core: &Arc<Core>, stream: TcpStream, remote: Soc
         }
     };
     drop(handshaking);
-    let accepted = match handshake {
-        Ok(Ok(a)) => a,
+    let (mut r, mut w, accepted) = match opened {
+        Ok(Ok(Opened::Peer {
+            reader,
+            writer,
+            accepted,
+        })) => (reader, writer, accepted),
+        Ok(Ok(Opened::Join(join))) => {
+            if let Err(e) = answer_join(core, *join).await {
+                debug!(%remote, "join not answered: {e}");
+            }
+            return;
+        }
+        Ok(Ok(Opened::Done)) => return,
         Ok(Err(e)) => {
             bump(&core.counters.handshakes_refused, 1);
             if core.may_log(remote.ip()) {
@@ -145,7 +229,7 @@ async fn serve_connection_inner(core: &Arc<Core>, stream: TcpStream, remote: Soc
             return;
         }
     };
-    debug!(%remote, peer = ?accepted.peer, access = ?accepted.access, "peer connection accepted");
+    debug!(%remote, peer = ?accepted.peer, access = ?accepted.access, legacy = accepted.bound.is_none(), "peer connection accepted");
     let reach = (accepted.peer.node_id != 0).then(|| core.reach(accepted.peer.node_id));
     let _guard = reach.clone().map(InboundConnGuard::new);
     // Replies are produced by the agent at its own pace; a small channel feeds this
@@ -159,9 +243,32 @@ async fn serve_connection_inner(core: &Arc<Core>, stream: TcpStream, remote: Soc
         }
     };
     let reader = read_loop(core, &mut r, &accepted, reach.as_deref(), reply_tx, remote);
+    let revoked = still_allowed(core, &accepted);
     tokio::select! {
         _ = reader => {}
         _ = writer => {}
+        () = revoked => {
+            bump(&core.counters.connections_closed_revoked, 1);
+            info!(%remote, node = accepted.peer.node_id, "closing peer connection: no longer allowed");
+        }
+    }
+}
+
+/// Resolves when the security view no longer allows this connection: its node was removed, or
+/// it uses the shared secret and the cluster stopped accepting that.
+async fn still_allowed(core: &Core, accepted: &Accepted) {
+    let mut changed = core.security.changed.subscribe();
+    loop {
+        let view = core.security.view();
+        let removed = accepted.access == Access::Member && !view.may_connect(accepted.peer.node_id);
+        let legacy_closed = accepted.bound.is_none() && !view.legacy_open;
+        if removed || legacy_closed {
+            return;
+        }
+        if changed.changed().await.is_err() {
+            // The transport is going away; the shutdown watch ends the connection.
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -201,7 +308,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 if acc.access == Access::JoinOnly {
                     return bad_input(&"raft message on a join-only connection");
                 }
-                core.deliver_raft(&bytes, remote).await;
+                core.deliver_raft(&bytes, remote, acc.bound).await;
             }
             Some(Body::JoinRequest(request)) => {
                 let (tx, rx) = oneshot::channel();

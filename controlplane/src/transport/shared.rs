@@ -14,8 +14,10 @@ use tracing::warn;
 use vxnet_proto::PeerEnvelope;
 use vxnet_proto::peer_envelope::Body;
 
+use super::connection::Route;
 use super::handshake::Identity;
 use super::peer::PeerEntry;
+use super::security::Security;
 use super::wire::encode_frame;
 use super::{
     INBOUND_WAIT, Inbound, LOG_INTERVAL_MS, REACHABLE_WINDOW_MS, REQUEST_WAIT, TransportError,
@@ -35,6 +37,10 @@ pub(super) struct Counters {
     pub(super) handshakes_refused: AtomicU64,
     pub(super) connections_closed_bad_input: AtomicU64,
     pub(super) unreachable_reported: AtomicU64,
+    pub(super) tls_accepted: AtomicU64,
+    pub(super) legacy_accepted: AtomicU64,
+    pub(super) joins_refused: AtomicU64,
+    pub(super) connections_closed_revoked: AtomicU64,
 }
 
 pub(super) fn bump(c: &AtomicU64, n: u64) {
@@ -73,6 +79,8 @@ pub(super) struct Core {
     pub(super) local_addr: SocketAddr,
     pub(super) host_name: String,
     pub(super) token: Vec<u8>,
+    /// Who may connect, and our certificate.
+    pub(super) security: Security,
     pub(super) queue_len: usize,
     pub(super) node_id: AtomicU64,
     pub(super) cluster_id: AtomicU64,
@@ -107,6 +115,18 @@ impl Core {
 
     pub(super) fn cluster_id(&self) -> u64 {
         self.cluster_id.load(Ordering::Acquire)
+    }
+
+    /// How to dial `peer` (`None`: whichever member listens at an address).
+    pub(super) fn route(&self, peer: Option<u64>) -> Route {
+        let view = self.security.view();
+        let tls = self.security.tls();
+        let peer_unpinned = peer.is_some_and(|id| matches!(view.members.get(&id), Some(None)));
+        Route {
+            legacy_first: tls.is_none() || (view.legacy_open && peer_unpinned),
+            tls,
+            legacy_ok: view.legacy_open,
+        }
     }
 
     /// Who we are right now, for a handshake (the ids change once, when we join).
@@ -211,7 +231,9 @@ impl Core {
     }
 
     /// Hands a received Raft payload to the agent (see [`INBOUND_WAIT`]).
-    pub(super) async fn deliver_raft(&self, bytes: &[u8], remote: SocketAddr) {
+    /// Hands a Raft message to the agent; `bound` is the node id the connection authenticated
+    /// as (TLS), which the message's sender must be.
+    pub(super) async fn deliver_raft(&self, bytes: &[u8], remote: SocketAddr, bound: Option<u64>) {
         let msg = match decode_raft_message(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -224,6 +246,13 @@ impl Core {
         };
         if msg.to != self.node_id() {
             bump(&self.counters.misaddressed, 1);
+            return;
+        }
+        if bound.is_some_and(|id| id != msg.from) {
+            bump(&self.counters.misaddressed, 1);
+            if self.may_log(remote.ip()) {
+                warn!(%remote, from = msg.from, "dropping a raft message whose sender is not the connection's node");
+            }
             return;
         }
         let item = match self.inbound.try_send(Inbound::Raft(msg)) {

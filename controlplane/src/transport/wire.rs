@@ -22,7 +22,7 @@ impl From<FrameError> for TransportError {
     }
 }
 
-/// Writes one envelope as a frame.
+/// Writes one envelope as a frame, and flushes it (a TLS stream holds records until then).
 pub(super) async fn write_envelope<W: AsyncWrite + Unpin>(
     w: &mut W,
     env: &PeerEnvelope,
@@ -30,6 +30,7 @@ pub(super) async fn write_envelope<W: AsyncWrite + Unpin>(
     let mut buf = Vec::new();
     encode_frame(env, &mut buf)?;
     w.write_all(&buf).await?;
+    w.flush().await?;
     Ok(())
 }
 
