@@ -94,14 +94,17 @@ up() {
     ip -n $PREFIX-h$h link set lo up
     ip -n $PREFIX-sw link set ${PREFIX}s$h master br0 up
   done
+  local token=""
   for h in $(seq 1 $HOSTS); do
-    local role=(--join 192.168.100.1:7946)
+    # h1 creates the cluster (its CA and a join secret); the others join with its join token.
+    local role=(--join 192.168.100.1:7946 --token "$token")
     [ "$h" = 1 ] && role=(--bootstrap)
     setsid ip netns exec $PREFIX-h$h "$VXNETD" --name h$h --data-dir "$STATE/h$h" \
       --underlay 192.168.100.$h --api "$RUN/h$h.sock" "${role[@]}" \
       >"$RUN/h$h.log" 2>&1 </dev/null &
     echo $! >"$RUN/h$h.pid"
     wait_until 30 "agent h$h" vx "$h" cluster members
+    if [ "$h" = 1 ]; then token=$(vx 1 cluster join-token -q); fi
   done
   for h in $(seq 1 $HOSTS); do
     wait_until 60 "h$h to see $HOSTS members" test "$(members_of "$h")" = "$HOSTS"

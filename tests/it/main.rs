@@ -40,4 +40,5 @@ mod gw_egress;
 mod ops;
 mod overlay;
 mod ports;
+mod sec_join;
 mod upgrade_mixed;

@@ -363,6 +363,7 @@ impl Transport {
             host_name: cfg.host_name,
             token: cfg.token.map(String::into_bytes).unwrap_or_default(),
             security: Security::new(cfg.security),
+            pool: forward::Pool::default(),
             queue_len: cfg.queue_len.max(1),
             node_id: AtomicU64::new(cfg.node_id),
             cluster_id: AtomicU64::new(cfg.cluster_id),
@@ -380,6 +381,7 @@ impl Transport {
             next_conn: AtomicU64::new(0),
         });
         tokio::spawn(accept_loop(core.clone(), listener));
+        tokio::spawn(expire_pool(Arc::downgrade(&core)));
         let inner = Arc::new(Inner {
             core,
             _shutdown: shutdown_tx,
@@ -482,11 +484,9 @@ impl Transport {
         addr: &str,
         timeout: Duration,
     ) -> Result<Vec<u64>, TransportError> {
-        let core = &self.inner.core;
-        forward::rpc(
+        forward::pooled_rpc(
+            &self.inner.core,
             addr,
-            core.identity(),
-            &core.route(None),
             Body::ReachRequest(ReachRequest {}),
             timeout,
             |b| match b {
@@ -552,11 +552,9 @@ impl Transport {
         request: ForwardRequest,
         timeout: Duration,
     ) -> Result<ForwardResponse, TransportError> {
-        let core = &self.inner.core;
-        forward::rpc(
+        forward::pooled_rpc(
+            &self.inner.core,
             addr,
-            core.identity(),
-            &core.route(None),
             Body::ForwardRequest(request),
             timeout,
             |b| match b {
@@ -565,6 +563,15 @@ impl Transport {
             },
         )
         .await
+    }
+}
+
+/// Closes kept client connections once unused for a while, until the transport is dropped.
+async fn expire_pool(core: std::sync::Weak<Core>) {
+    loop {
+        tokio::time::sleep(forward::POOL_IDLE / 5).await;
+        let Some(core) = core.upgrade() else { return };
+        core.pool.expire();
     }
 }
 

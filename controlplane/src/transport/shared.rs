@@ -81,6 +81,8 @@ pub(super) struct Core {
     pub(super) token: Vec<u8>,
     /// Who may connect, and our certificate.
     pub(super) security: Security,
+    /// Idle client connections kept for the next forward or reach call.
+    pub(super) pool: super::forward::Pool,
     pub(super) queue_len: usize,
     pub(super) node_id: AtomicU64,
     pub(super) cluster_id: AtomicU64,
