@@ -1,6 +1,7 @@
 //! Join, forward and reach requests: the one-shot client RPCs, and the server's replies to them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,9 +121,15 @@ const POOL_PER_ADDR: usize = 4;
 #[derive(Default)]
 pub(super) struct Pool {
     idle: Mutex<HashMap<String, Vec<(Instant, PeerConnection)>>>,
+    /// Bumped by [`Pool::clear`]: a connection made or taken before is not kept.
+    generation: AtomicU64,
 }
 
 impl Pool {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     fn take(&self, addr: &str) -> Option<PeerConnection> {
         let mut idle = lock(&self.idle);
         let conns = idle.get_mut(addr)?;
@@ -134,12 +141,24 @@ impl Pool {
         None
     }
 
-    fn put(&self, addr: &str, conn: PeerConnection) {
+    fn put(&self, addr: &str, conn: PeerConnection, generation: u64) {
         let mut idle = lock(&self.idle);
+        if generation != self.generation() {
+            return;
+        }
         let conns = idle.entry(addr.to_owned()).or_default();
         if conns.len() < POOL_PER_ADDR {
             conns.push((Instant::now(), conn));
         }
+    }
+
+    /// Drops every kept connection: the security view changed (a node was removed, the
+    /// shared-secret window closed) or our certificate did, and a kept connection must not
+    /// outlive what allowed it.
+    pub(super) fn clear(&self) {
+        let mut idle = lock(&self.idle);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        idle.clear();
     }
 
     /// Drops connections unused for [`POOL_IDLE`].
@@ -164,15 +183,17 @@ pub(super) async fn pooled_rpc<T>(
 ) -> Result<T, TransportError> {
     let call = async {
         let me = core.identity();
+        let generation = core.pool.generation();
         if let Some(mut conn) = core.pool.take(addr)
             && let Ok(t) = exchange(&mut conn, me, body.clone(), &pick).await
         {
-            core.pool.put(addr, conn);
+            core.pool.put(addr, conn, generation);
             return Ok(t);
         }
+        let generation = core.pool.generation();
         let mut conn = connect_inner(addr, me, None, &core.route(None)).await?;
         let t = exchange(&mut conn, me, body, &pick).await?;
-        core.pool.put(addr, conn);
+        core.pool.put(addr, conn, generation);
         Ok(t)
     };
     tokio::time::timeout(timeout, call)

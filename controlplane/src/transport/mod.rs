@@ -522,7 +522,10 @@ impl Transport {
     /// removed nodes close, and so do shared-secret connections once the state stops allowing
     /// them.
     pub fn set_security(&self, view: SecurityView) {
-        self.inner.core.security.set_view(view);
+        let core = &self.inner.core;
+        if core.security.set_view(view) {
+            core.pool.clear();
+        }
     }
 
     /// Installs or renews this host's certificate chain (node certificate first, then its CA,
@@ -536,7 +539,9 @@ impl Transport {
         let core = &self.inner.core;
         core.security
             .set_own_cert(core.cluster_id(), chain, key)
-            .map_err(TransportError::from)
+            .map_err(TransportError::from)?;
+        core.pool.clear();
+        Ok(())
     }
 
     /// Whether this host presents a certificate (members then dial it over TLS).

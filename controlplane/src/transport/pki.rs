@@ -23,6 +23,7 @@ use rustls::pki_types::{
 };
 use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
 
 /// Default lifetime of a node certificate (renewed at 2/3 of it).
 pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -229,6 +230,19 @@ impl Ca {
     fn assemble(cert: CertificateDer<'static>, key: KeyPair) -> Result<Ca, PkiError> {
         let (cluster_id, generation) = parse_ca_name(&cert)?;
         let parsed = parse_cert(&cert)?;
+        // Exactly the name `Ca::generate` writes (O, CN): this name becomes the issuer of every
+        // certificate the CA signs, and an attribute the encoder cannot write back (a damaged
+        // OID) must be refused here, not met while signing.
+        let known = |oid: &x509_parser::der_parser::oid::Oid<'_>| {
+            *oid == x509_parser::oid_registry::OID_X509_COMMON_NAME
+                || *oid == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME
+        };
+        let attributes: Vec<_> = parsed.subject().iter_attributes().collect();
+        if attributes.len() != 2 || !attributes.iter().all(|a| known(a.attr_type())) {
+            return Err(PkiError::NotVxnetCa(
+                "its name is not \"O=vxnet, CN=vxnet cluster CA ...\"".into(),
+            ));
+        }
         // A certificate that is not a CA cannot anchor anything: webpki would refuse every node
         // certificate it signs, so refuse it here with a clear message instead.
         let is_ca = parsed
@@ -348,11 +362,20 @@ impl NodePublicKey {
     }
 
     /// From a PKCS#10 CSR (DER). Its self-signature is checked (proof that the requester holds
-    /// the key); nothing else in it is used.
+    /// the key); nothing else in it is used. The key is the CSR's own SubjectPublicKeyInfo, byte
+    /// for byte (rcgen's reading derives the curve from the signature's hash, which a P-256 key
+    /// signed with SHA-384 would get wrong).
     pub fn from_csr_der(csr: &[u8]) -> Result<NodePublicKey, PkiError> {
-        let parsed =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))?;
-        Self::from_spki_der(&parsed.public_key.subject_public_key_info())
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))?;
+        let (rest, parsed) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+                .map_err(|e| PkiError::BadCertificate(format!("certificate request: {e}")))?;
+        if !rest.is_empty() {
+            return Err(PkiError::BadCertificate(
+                "trailing bytes after the certificate request".into(),
+            ));
+        }
+        Self::from_spki_der(parsed.certification_request_info.subject_pki.raw)
     }
 
     /// SHA-256 of the SubjectPublicKeyInfo DER: the pin the replicated state keeps per host.
