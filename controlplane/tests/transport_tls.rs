@@ -1266,3 +1266,69 @@ fn with_next(view: SecurityView, next: u64) -> SecurityView {
         ..view
     }
 }
+
+/// The server's first-byte dispatch on arbitrary openings: 200 connections with random bytes
+/// (random, a TLS record header then junk, the previous release's frame length then junk,
+/// nothing), all at once. Every one is closed by the member (silence after 300 ms, a partial
+/// record by the 5 s handshake timeout), none is served, and members still talk afterwards.
+#[tokio::test]
+async fn arbitrary_openings_are_closed_and_members_still_talk() {
+    let pki = Pki::new(&[1, 2]);
+    let (a, _rx_a) = start_member(&pki, 1, pki.view(&[1, 2])).await;
+    let (b, mut rx_b) = start_member(&pki, 2, pki.view(&[1, 2])).await;
+    let addr = b.local_addr();
+    // xorshift64*: deterministic, so a failure names its case.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut cases = Vec::new();
+    for i in 0..200u64 {
+        let len = (next() % 600) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        match i % 4 {
+            0 if !bytes.is_empty() => bytes[0] = 0x16,
+            1 if bytes.len() >= 2 => bytes[..2].copy_from_slice(&[0, 0]),
+            2 => bytes.clear(),
+            _ => {}
+        }
+        cases.push(bytes);
+    }
+    let n = cases.len() as u64;
+    let tasks: Vec<_> = cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let _ = s.write_all(&bytes).await;
+                let mut sink = vec![0u8; 4096];
+                let closed = tokio::time::timeout(Duration::from_secs(8), async {
+                    use tokio::io::AsyncReadExt;
+                    loop {
+                        match s.read(&mut sink).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await;
+                (i, bytes.first().copied(), closed.is_ok())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (i, first, closed) = task.await.unwrap();
+        assert!(closed, "case {i} (first byte {first:?}) was kept open");
+    }
+    let s = b.stats();
+    assert_eq!(s.tls_accepted + s.legacy_accepted, 0, "{s:?}");
+    assert_eq!(s.raft_delivered, 0);
+    assert!(s.handshakes_refused >= n - 1, "{s:?}");
+    link(&a, &b);
+    let m = send_until_delivered(&a, &mut rx_b, |i| raft_msg(1, 2, i)).await;
+    assert_eq!((m.from, m.to), (1, 2));
+}
