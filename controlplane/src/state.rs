@@ -1198,6 +1198,24 @@ impl State {
             .unwrap_or(APPLY_LEVEL)
     }
 
+    /// A copy for readers (the agent's view, replaced after every applied batch): everything but
+    /// the dedup window, which only the applying node consults. The window holds up to
+    /// [`DEDUP_WINDOW`] outcomes; copying it after every batch made each write cost more the
+    /// longer a cluster ran.
+    pub fn reader_copy(&self) -> State {
+        State {
+            applied_index: self.applied_index,
+            next_node_id: self.next_node_id,
+            networks: self.networks.clone(),
+            names: self.names.clone(),
+            hosts: self.hosts.clone(),
+            static_vteps: self.static_vteps.clone(),
+            dedup: BTreeMap::new(),
+            dedup_order: VecDeque::new(),
+            tls: self.tls.clone(),
+        }
+    }
+
     /// The stored outcome of a request id, if still in the dedup window.
     pub fn dedup_lookup(&self, request_id: &[u8]) -> Option<&ApplyResult> {
         self.dedup.get(request_id)

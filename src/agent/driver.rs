@@ -190,7 +190,7 @@ pub fn spawn(
     let (tx, rx) = std::sync::mpsc::channel();
     let view = Arc::new(ArcSwap::from_pointee(view_of(
         &node,
-        Arc::new(node.state().clone()),
+        Arc::new(node.state().reader_copy()),
     )));
     let (applied_tx, applied_rx) = watch::channel(node.applied_index());
     let health = Arc::new(Health::default());
@@ -375,7 +375,7 @@ impl Driver {
         let state_changed = !outcome.updates.is_empty() || outcome.snapshot_installed;
         let current = self.view.load();
         let state = if state_changed {
-            Arc::new(self.node.state().clone())
+            Arc::new(self.node.state().reader_copy())
         } else {
             Arc::clone(&current.state)
         };
@@ -458,7 +458,7 @@ impl Driver {
                 self.node = node;
                 self.degraded = None;
                 self.health.set_recovered();
-                let state = Arc::new(self.node.state().clone());
+                let state = Arc::new(self.node.state().reader_copy());
                 self.view.store(Arc::new(view_of(&self.node, state)));
                 self.sync_peers();
                 self.announce_applied(self.node.applied_index());

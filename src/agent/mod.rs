@@ -819,7 +819,18 @@ async fn open_node(
             .map_err(|e| AgentError::Config(format!("opening the data dir: {e}")))?;
         let node = opened.map_err(|e| open_error(config, e))?;
         let own = match tls::load_chain(&config.data_dir)? {
-            Some(chain) => Some((tls::load_or_create_key(&config.data_dir)?, chain)),
+            Some(chain) => {
+                let key = tls::load_or_create_key(&config.data_dir)?;
+                let chain = tls::renew_at_start(
+                    &config.data_dir,
+                    node.state(),
+                    &config.name,
+                    &key,
+                    chain,
+                    config.cert_lifetime,
+                )?;
+                Some((key, chain))
+            }
             None => None,
         };
         return Ok(Opened {

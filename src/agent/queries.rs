@@ -222,6 +222,7 @@ pub(super) fn stats(agent: &Agent) -> ApiResponse {
         ("legacy_accepted", t.legacy_accepted),
         ("joins_refused", t.joins_refused),
         ("connections_closed_revoked", t.connections_closed_revoked),
+        ("connections_rate_limited", t.connections_rate_limited),
     ] {
         counters.insert(format!("transport.{name}"), count);
     }

@@ -207,6 +207,43 @@ pub fn accepted_chain(
     ))
 }
 
+/// At start, before the transport presents it: a certificate that expired (or is due) while
+/// the agent was down is re-signed with the replicated CA key, so the host needs no new join.
+pub fn renew_at_start(
+    data_dir: &Path,
+    state: &State,
+    host_name: &str,
+    key: &NodeKey,
+    chain: Vec<CertificateDer<'static>>,
+    lifetime: Duration,
+) -> Result<Vec<CertificateDer<'static>>, AgentError> {
+    let due = chain
+        .first()
+        .and_then(|c| cert_identity(c).ok())
+        .is_none_or(|id| now_unix() >= id.renew_at_unix());
+    let (Some((signer, signer_key)), Some(me)) = (state.signer(), state.host(host_name)) else {
+        return Ok(chain);
+    };
+    if !due {
+        return Ok(chain);
+    }
+    let pki = |e: vxnet_controlplane::transport::pki::PkiError| AgentError::Config(e.to_string());
+    let ca = Ca::from_der(&signer.cert, signer_key).map_err(pki)?;
+    let cert = ca
+        .sign_node(
+            &key.public_key().map_err(pki)?,
+            me.node_id,
+            host_name,
+            SystemTime::now(),
+            lifetime,
+        )
+        .map_err(pki)?;
+    let chain = chain_of(cert, &signer.cert, state.cross_cert());
+    write_chain(data_dir, &chain)?;
+    tracing::info!("node certificate signed at start: the one on disk was due or expired");
+    Ok(chain)
+}
+
 /// Signs a joiner's certificate with the state's signer CA: the chain part of its answer
 /// (`cert_chain`, `ca_cert`).
 pub fn sign_joiner(
@@ -303,10 +340,9 @@ fn needed(own: Option<&Own>, state: &State, node_id: u64, jitter_permille: i64) 
         return Needed::Nothing;
     };
     let id = &own.identity;
-    let life = id.not_after_unix.saturating_sub(id.not_before_unix).max(0);
     let renew_at = id
         .renew_at_unix()
-        .saturating_add(life * jitter_permille / 1000);
+        .saturating_add(id.life_secs() * jitter_permille / 1000);
     if id.node_id != node_id
         || own.chain.get(1).map(|c| c.as_ref()) != Some(signer.cert.as_slice())
         || now_unix() >= renew_at

@@ -23,7 +23,7 @@ fn mode(path: &Path) -> u32 {
 }
 
 /// Starts agent `i` and waits for it to end: its exit code, how long it ran, its log.
-fn run_until_exit(
+pub(crate) fn run_until_exit(
     cluster: &mut Cluster,
     i: usize,
     limit: Duration,
@@ -48,7 +48,7 @@ fn set_data_dir(agent: &mut Agent, dir: std::path::PathBuf) {
 }
 
 /// Sets `--token VALUE` (or removes it) in an agent's command line.
-fn set_token(args: &mut Vec<String>, token: Option<&str>) {
+pub(crate) fn set_token(args: &mut Vec<String>, token: Option<&str>) {
     if let Some(at) = args.iter().position(|a| a == "--token") {
         args.drain(at..at + 2);
     }

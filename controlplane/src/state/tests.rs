@@ -753,3 +753,24 @@ mod prop {
 }
 
 mod tls;
+
+#[test]
+fn a_reader_copy_is_the_state_without_the_dedup_window() {
+    let mut s = State::new();
+    let _ = s.apply(
+        1,
+        &prop(1, command::Kind::RegisterHost(host("h1", "10.0.0.1"))),
+    );
+    let _ = s.apply(2, &prop(2, command::Kind::CreateNetwork(net("a", 1))));
+    let copy = s.reader_copy();
+    assert!(s.dedup_lookup(&[2]).is_some());
+    assert!(copy.dedup_lookup(&[2]).is_none());
+    assert_eq!(
+        copy,
+        State {
+            dedup: BTreeMap::new(),
+            dedup_order: VecDeque::new(),
+            ..s.clone()
+        }
+    );
+}

@@ -308,6 +308,8 @@ pub struct TransportStats {
     pub joins_refused: u64,
     /// Connections closed because the peer was removed or its protocol is no longer allowed.
     pub connections_closed_revoked: u64,
+    /// Connections closed at accept because their source keeps failing handshakes.
+    pub connections_rate_limited: u64,
 }
 
 /// Owner of the shutdown signal; dropped with the last [`Transport`] clone.
@@ -364,6 +366,7 @@ impl Transport {
             token: cfg.token.map(String::into_bytes).unwrap_or_default(),
             security: Security::new(cfg.security),
             pool: forward::Pool::default(),
+            refusals: shared::Refusals::default(),
             queue_len: cfg.queue_len.max(1),
             node_id: AtomicU64::new(cfg.node_id),
             cluster_id: AtomicU64::new(cfg.cluster_id),
@@ -515,6 +518,7 @@ impl Transport {
             legacy_accepted: get(&c.legacy_accepted),
             joins_refused: get(&c.joins_refused),
             connections_closed_revoked: get(&c.connections_closed_revoked),
+            connections_rate_limited: get(&c.connections_rate_limited),
         }
     }
 

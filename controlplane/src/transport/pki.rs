@@ -474,14 +474,26 @@ pub struct CertIdentity {
 }
 
 impl CertIdentity {
-    /// When the certificate should be renewed: `notBefore + 2/3 · (notAfter - notBefore)`
-    /// (Unix seconds). The agent adds its ±5% jitter.
-    pub fn renew_at_unix(&self) -> i64 {
-        let life = self
-            .not_after_unix
-            .saturating_sub(self.not_before_unix)
-            .max(0);
+    /// When the certificate was issued (Unix seconds): `notBefore` is set [`BACKDATE`] earlier,
+    /// for peers whose clocks lag.
+    pub fn issued_unix(&self) -> i64 {
         self.not_before_unix
+            .saturating_add(BACKDATE.as_secs() as i64)
+            .min(self.not_after_unix)
+    }
+
+    /// The lifetime it was issued for, in seconds (from issue to `notAfter`).
+    pub fn life_secs(&self) -> i64 {
+        self.not_after_unix
+            .saturating_sub(self.issued_unix())
+            .max(0)
+    }
+
+    /// When the certificate should be renewed: 2/3 of its life after it was issued (Unix
+    /// seconds; the backdating is not life). The agent adds its ±5% jitter.
+    pub fn renew_at_unix(&self) -> i64 {
+        let life = self.life_secs();
+        self.issued_unix()
             .saturating_add(life / 3 * 2 + (life % 3) * 2 / 3)
     }
 }

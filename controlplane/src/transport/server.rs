@@ -50,6 +50,19 @@ pub(super) async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
             r = listener.accept() => r,
         };
         match accepted {
+            Ok((stream, remote)) if core.refusals.is_limited(remote.ip(), core.now_ms()) => {
+                // Closed before anything is spent on it; the source cools down within 2 s.
+                drop(stream);
+                bump(&core.counters.connections_rate_limited, 1);
+                if core.may_log(remote.ip()) {
+                    warn!(
+                        %remote,
+                        "closing connections from this source at once: more than {} refused \
+                         handshakes a second",
+                        super::shared::Refusals::PER_SECOND
+                    );
+                }
+            }
             Ok((stream, remote)) => match admit(&core).await {
                 Some(slot) => {
                     tokio::spawn(serve_connection(core.clone(), stream, remote, slot));
@@ -194,6 +207,7 @@ async fn serve_connection_inner(core: &Arc<Core>, stream: TcpStream, remote: Soc
     let opened = tokio::select! {
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, open(core, stream, remote)) => r,
         _ = evict_rx => {
+            core.refusals.record(remote.ip(), core.now_ms());
             if core.may_log(remote.ip()) {
                 warn!(%remote, "dropping a peer connection still in its handshake: all slots taken");
             }
@@ -213,9 +227,14 @@ async fn serve_connection_inner(core: &Arc<Core>, stream: TcpStream, remote: Soc
             }
             return;
         }
-        Ok(Ok(Opened::Done)) => return,
+        // A refused join proof counts as a refusal: online guessing gets slow.
+        Ok(Ok(Opened::Done)) => {
+            core.refusals.record(remote.ip(), core.now_ms());
+            return;
+        }
         Ok(Err(e)) => {
             bump(&core.counters.handshakes_refused, 1);
+            core.refusals.record(remote.ip(), core.now_ms());
             if core.may_log(remote.ip()) {
                 warn!(%remote, "refusing peer connection: {e}");
             }
@@ -223,6 +242,7 @@ async fn serve_connection_inner(core: &Arc<Core>, stream: TcpStream, remote: Soc
         }
         Err(_) => {
             bump(&core.counters.handshakes_refused, 1);
+            core.refusals.record(remote.ip(), core.now_ms());
             if core.may_log(remote.ip()) {
                 warn!(%remote, "refusing peer connection: handshake timed out");
             }

@@ -41,6 +41,52 @@ pub(super) struct Counters {
     pub(super) legacy_accepted: AtomicU64,
     pub(super) joins_refused: AtomicU64,
     pub(super) connections_closed_revoked: AtomicU64,
+    pub(super) connections_rate_limited: AtomicU64,
+}
+
+/// Refused handshakes per source address and second, so that a source that keeps failing is
+/// turned away at accept, before any task, buffer or TLS state is spent on it. Members never
+/// fail handshakes in numbers; a stranger opening hundreds of connections a second does.
+#[derive(Default)]
+pub(super) struct Refusals {
+    /// Source → (second, refusals in that second, refusals in the second before).
+    by_source: Mutex<HashMap<IpAddr, (u64, u32, u32)>>,
+}
+
+impl Refusals {
+    /// Refused handshakes a source may cause per second before its connections are closed at
+    /// accept (for the rest of that second and the next).
+    pub(super) const PER_SECOND: u32 = 20;
+    /// Sources remembered at most (a stranger with many addresses cannot grow the map further).
+    const MAX_SOURCES: usize = 4096;
+
+    pub(super) fn record(&self, ip: IpAddr, now_ms: u64) {
+        let sec = now_ms / 1000;
+        let mut map = lock(&self.by_source);
+        if map.len() >= Self::MAX_SOURCES && !map.contains_key(&ip) {
+            map.retain(|_, (s, _, _)| *s + 1 >= sec);
+            if map.len() >= Self::MAX_SOURCES {
+                return;
+            }
+        }
+        let entry = map.entry(ip).or_insert((sec, 0, 0));
+        if entry.0 != sec {
+            let previous = if entry.0 + 1 == sec { entry.1 } else { 0 };
+            *entry = (sec, 0, previous);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    pub(super) fn is_limited(&self, ip: IpAddr, now_ms: u64) -> bool {
+        let sec = now_ms / 1000;
+        match lock(&self.by_source).get(&ip) {
+            Some(&(s, now, before)) if s == sec => {
+                now > Self::PER_SECOND || before > Self::PER_SECOND
+            }
+            Some(&(s, now, _)) if s + 1 == sec => now > Self::PER_SECOND,
+            _ => false,
+        }
+    }
 }
 
 pub(super) fn bump(c: &AtomicU64, n: u64) {
@@ -83,6 +129,8 @@ pub(super) struct Core {
     pub(super) security: Security,
     /// Idle client connections kept for the next forward or reach call.
     pub(super) pool: super::forward::Pool,
+    /// Recent refused handshakes by source.
+    pub(super) refusals: Refusals,
     pub(super) queue_len: usize,
     pub(super) node_id: AtomicU64,
     pub(super) cluster_id: AtomicU64,

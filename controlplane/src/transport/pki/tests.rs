@@ -243,21 +243,36 @@ fn non_canonical_uris_are_refused() {
 fn renewal_is_due_at_two_thirds_of_life() {
     let ca = Ca::generate(CLUSTER, 1, t0()).expect("ca");
     let key = NodeKey::generate().expect("key");
-    // 89 days + the 1 h backdate = 90 days of life: renew 60 days after notBefore.
-    let life = 89 * DAY + Duration::from_secs(3600 * 23);
+    // 90 days of life from issue (notBefore is backdated, which is no life): renew 60 days after.
     let cert = ca
-        .sign_node(&key.public_key().expect("pk"), 2, "h", t0(), life)
+        .sign_node(&key.public_key().expect("pk"), 2, "h", t0(), 90 * DAY)
         .expect("sign");
-    let not_before = t0() - BACKDATE;
+    let id = cert_identity(&cert).expect("id");
+    assert_eq!(id.not_before_unix, unix(t0() - BACKDATE));
     assert_eq!(
-        cert_identity(&cert).expect("id").renew_at_unix(),
-        unix(not_before + 60 * DAY)
+        (id.issued_unix(), id.life_secs()),
+        (unix(t0()), 90 * 86_400)
     );
+    assert_eq!(id.renew_at_unix(), unix(t0() + 60 * DAY));
     assert!(!needs_renewal(&cert, t0()).expect("check"));
-    assert!(!needs_renewal(&cert, not_before + 60 * DAY - Duration::from_secs(1)).expect("c"));
-    assert!(needs_renewal(&cert, not_before + 60 * DAY).expect("check"));
+    assert!(!needs_renewal(&cert, t0() + 60 * DAY - Duration::from_secs(1)).expect("c"));
+    assert!(needs_renewal(&cert, t0() + 60 * DAY).expect("check"));
     assert!(needs_renewal(&cert, t0() + 365 * DAY).expect("expired"));
     assert!(needs_renewal(b"junk", t0()).is_err());
+    // A lifetime far below the backdating (tests renew every ~20 s): 2/3 of it, not due at once.
+    let short = ca
+        .sign_node(
+            &key.public_key().expect("pk"),
+            2,
+            "h",
+            t0(),
+            Duration::from_secs(30),
+        )
+        .expect("sign");
+    let id = cert_identity(&short).expect("id");
+    assert_eq!(id.renew_at_unix(), unix(t0() + Duration::from_secs(20)));
+    assert!(!needs_renewal(&short, t0() + Duration::from_secs(19)).expect("check"));
+    assert!(needs_renewal(&short, t0() + Duration::from_secs(20)).expect("check"));
 }
 
 #[test]
