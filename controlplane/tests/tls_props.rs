@@ -17,7 +17,8 @@
 //! * `JoinRequest` bytes as a join-only connection receives them.
 //!
 //! The bodies are the fuzz targets' (`controlplane/fuzz/src/lib.rs`). Keys and certificates are
-//! made once (`OnceLock`) and mutated, so the file runs in seconds in debug builds.
+//! made once (`OnceLock`) and mutated, so the file runs in seconds in debug builds. One file,
+//! past the usual size: the properties share that fixture and its strategies.
 
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};

@@ -8,6 +8,10 @@
 //! Kept client connections of `Transport::forward` do not outlive a removal or the end of the
 //! shared-secret window.
 //!
+//! One file, past the usual size, because every test stands on the same fixture (a CA, node
+//! keys, transports presenting them) and the same wait helpers: it is the TLS transport's
+//! behaviour, one job.
+//!
 //! Every test binds 127.0.0.1:0 and waits for conditions with deadlines; the only fixed waits
 //! are the windows of "nothing else arrives" checks, taken after a synchronisation point.
 
