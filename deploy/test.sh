@@ -59,4 +59,12 @@ fi
 # Deterministic Raft simulator seeds (raise locally for a soak: VXNET_SIM_SEEDS=5000).
 export VXNET_SIM_SEEDS="${VXNET_SIM_SEEDS:-200}"
 # fault-injection: hidden vxnetd flags the fault tests use to make a thread panic.
-exec cargo test --workspace --release --features vxnet/fault-injection "$@"
+if [ "$#" -gt 0 ]; then
+  exec cargo test --workspace --release --features vxnet/fault-injection "$@"
+fi
+# sec_flood compares commit rates with and without a connection flood whose stranger runs on
+# these same cores (on real hosts it runs elsewhere): it runs alone, after everything else, so
+# that no other test's load lands in only some of its windows.
+flood=sec_flood::flood_of_500_strangers_keeps_commit_rate
+cargo test --workspace --release --features vxnet/fault-injection -- --skip "$flood"
+exec cargo test --release --features vxnet/fault-injection -p vxnet --test it -- --exact "$flood"

@@ -8,6 +8,10 @@
 //! undisturbed (flooded windows alternate with undisturbed ones; each is compared with its two
 //! neighbours, and the median of those ratios counts), without a single failed write; every
 //! agent still runs, and every voter counted the connections it refused or evicted.
+//!
+//! The stranger runs on the same cores as the agents (on real hosts it runs elsewhere), so
+//! `deploy/test.sh` runs this test alone, after the others: another test's load would land in
+//! some windows only.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
