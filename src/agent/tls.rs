@@ -165,15 +165,7 @@ pub fn bootstrap(
         .sign_node(&key.public_key().map_err(pki)?, 1, host_name, now, lifetime)
         .map_err(pki)?;
     Ok(Bootstrap {
-        init: InitTls {
-            ca: Some(CaCert {
-                generation: ca.generation(),
-                cert: ca.cert().to_vec(),
-            }),
-            ca_key: ca.key_pkcs8_der(),
-            join_key: join_key.as_bytes().to_vec(),
-            unix_ms: unix_ms(),
-        },
+        init: init_tls(&ca, &join_key),
         chain: chain_of(cert, ca.cert(), None),
         generated_secret,
     })
@@ -207,6 +199,36 @@ pub fn accepted_chain(
     ))
 }
 
+/// This host's chain, signed now with the state's signer CA (the same key: the pin is kept).
+fn sign_own(
+    state: &State,
+    node_id: u64,
+    host_name: &str,
+    key: &NodeKey,
+    lifetime: Duration,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let (signer, signer_key) = state.signer().ok_or("no signer CA")?;
+    let ca = Ca::from_der(&signer.cert, signer_key).map_err(|e| e.to_string())?;
+    let public = key.public_key().map_err(|e| e.to_string())?;
+    let cert = ca
+        .sign_node(&public, node_id, host_name, SystemTime::now(), lifetime)
+        .map_err(|e| e.to_string())?;
+    Ok(chain_of(cert, &signer.cert, state.cross_cert()))
+}
+
+/// The command that gives a cluster its CA and join key.
+fn init_tls(ca: &Ca, join_key: &JoinKey) -> InitTls {
+    InitTls {
+        ca: Some(CaCert {
+            generation: ca.generation(),
+            cert: ca.cert().to_vec(),
+        }),
+        ca_key: ca.key_pkcs8_der(),
+        join_key: join_key.as_bytes().to_vec(),
+        unix_ms: unix_ms(),
+    }
+}
+
 /// At start, before the transport presents it: a certificate that expired (or is due) while
 /// the agent was down is re-signed with the replicated CA key, so the host needs no new join.
 pub fn renew_at_start(
@@ -221,24 +243,14 @@ pub fn renew_at_start(
         .first()
         .and_then(|c| cert_identity(c).ok())
         .is_none_or(|id| now_unix() >= id.renew_at_unix());
-    let (Some((signer, signer_key)), Some(me)) = (state.signer(), state.host(host_name)) else {
+    let (Some(_), Some(me)) = (state.signer(), state.host(host_name)) else {
         return Ok(chain);
     };
     if !due {
         return Ok(chain);
     }
-    let pki = |e: vxnet_controlplane::transport::pki::PkiError| AgentError::Config(e.to_string());
-    let ca = Ca::from_der(&signer.cert, signer_key).map_err(pki)?;
-    let cert = ca
-        .sign_node(
-            &key.public_key().map_err(pki)?,
-            me.node_id,
-            host_name,
-            SystemTime::now(),
-            lifetime,
-        )
-        .map_err(pki)?;
-    let chain = chain_of(cert, &signer.cert, state.cross_cert());
+    let chain =
+        sign_own(state, me.node_id, host_name, key, lifetime).map_err(AgentError::Config)?;
     write_chain(data_dir, &chain)?;
     tracing::info!("node certificate signed at start: the one on disk was due or expired");
     Ok(chain)
@@ -402,19 +414,13 @@ impl Agent {
             Needed::Nothing => {}
             Needed::Sign => {
                 let key = load_or_create_key(&self.config.data_dir).map_err(|e| e.to_string())?;
-                let (signer, signer_key) = state.signer().ok_or("no signer CA")?;
-                let ca = Ca::from_der(&signer.cert, signer_key).map_err(|e| e.to_string())?;
-                let public = key.public_key().map_err(|e| e.to_string())?;
-                let cert = ca
-                    .sign_node(
-                        &public,
-                        me.node_id,
-                        &self.config.name,
-                        SystemTime::now(),
-                        self.config.cert_lifetime,
-                    )
-                    .map_err(|e| e.to_string())?;
-                let chain = chain_of(cert, &signer.cert, state.cross_cert());
+                let chain = sign_own(
+                    &state,
+                    me.node_id,
+                    &self.config.name,
+                    &key,
+                    self.config.cert_lifetime,
+                )?;
                 self.install(key, chain, "signed")?;
             }
             Needed::Rechain => {
@@ -524,15 +530,7 @@ impl Agent {
         };
         let cluster_id = self.driver.view().cluster_id;
         let ca = Ca::generate(cluster_id, 1, SystemTime::now()).map_err(|e| e.to_string())?;
-        let command = command::Kind::InitTls(InitTls {
-            ca: Some(CaCert {
-                generation: ca.generation(),
-                cert: ca.cert().to_vec(),
-            }),
-            ca_key: ca.key_pkcs8_der(),
-            join_key: join_key.as_bytes().to_vec(),
-            unix_ms: unix_ms(),
-        });
+        let command = command::Kind::InitTls(init_tls(&ca, &join_key));
         match self.submit(command).await {
             Ok(_) => tracing::info!(
                 "every host runs a release with mutual TLS: the cluster CA was created; hosts \

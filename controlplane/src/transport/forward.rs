@@ -87,24 +87,7 @@ pub(super) async fn rpc<T>(
 ) -> Result<T, TransportError> {
     let call = async {
         let mut conn = connect_inner(addr, me, None, route).await?;
-        let env = PeerEnvelope {
-            cluster_id: me.cluster_id,
-            from: me.node_id,
-            to: conn.remote.node_id,
-            body: Some(body),
-        };
-        conn.send(&env).await?;
-        loop {
-            match conn.recv().await? {
-                None => return Err(TransportError::Closed),
-                // Anything else on the connection is not ours to answer: skip it.
-                Some(env) => {
-                    if let Some(t) = env.body.and_then(&pick) {
-                        return Ok(t);
-                    }
-                }
-            }
-        }
+        exchange(&mut conn, me, body, &pick).await
     };
     tokio::time::timeout(timeout, call)
         .await
