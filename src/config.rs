@@ -161,7 +161,10 @@ impl Settings {
             join: self.join,
             token: self.token,
             mtu: self.mtu,
-            workers: self.workers.unwrap_or(2).max(1),
+            workers: self
+                .workers
+                .unwrap_or_else(vxnet_dataplane::io::default_workers)
+                .max(1),
             metrics: self.metrics,
             offload: self.offload != Some(Offload::Off),
             busy_poll: self.busy_poll.map_or(

@@ -77,12 +77,24 @@ counter_kinds! {
     }
 }
 
+counter_kinds! {
+    /// What one worker moved: proof of where flows run (`vxnet stats`: `worker.<i>.<name>`;
+    /// `/metrics`: `vxnet_worker_packets_total`). A super-frame counts as its segments.
+    Traffic {
+        TapRead => "tap_frames_read", "Frames read from this worker's TAP queues.";
+        UdpReceived => "udp_datagrams_received", "Datagrams received on this worker's underlay socket.";
+        TapWritten => "tap_frames_written", "Frames written to this worker's TAP queues.";
+        UdpSent => "udp_datagrams_sent", "Datagrams this worker sent to remote VTEPs.";
+    }
+}
+
 /// Counters of one worker. Plain relaxed atomics: the owner is the only writer, so the cache
 /// line stays on its core; readers may see a slightly old value, which is fine for statistics.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     drops: [AtomicU64; DropReason::COUNT],
     faults: [AtomicU64; IoFault::COUNT],
+    traffic: [AtomicU64; Traffic::COUNT],
 }
 
 impl WorkerStats {
@@ -119,6 +131,19 @@ impl WorkerStats {
     /// The current count for one kind of failed call.
     pub fn faults(&self, fault: IoFault) -> u64 {
         self.faults[fault as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` packets moved (once per batch, not per packet).
+    #[inline]
+    pub fn count_traffic(&self, kind: Traffic, n: u64) {
+        if n > 0 {
+            self.traffic[kind as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The current count for one kind of traffic.
+    pub fn traffic(&self, kind: Traffic) -> u64 {
+        self.traffic[kind as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -221,6 +246,19 @@ impl StatsRegistry {
         IoFault::ALL
             .iter()
             .map(|&fault| (fault.name(), workers.iter().map(|w| w.faults(fault)).sum()))
+            .collect()
+    }
+
+    /// Each worker's traffic counters, in worker order, keyed by [`Traffic::name`].
+    pub fn per_worker(&self) -> Vec<BTreeMap<&'static str, u64>> {
+        self.workers_guard()
+            .iter()
+            .map(|w| {
+                Traffic::ALL
+                    .iter()
+                    .map(|&k| (k.name(), w.traffic(k)))
+                    .collect()
+            })
             .collect()
     }
 

@@ -163,6 +163,48 @@ impl Collector for AgentCollector {
             "System calls of the data plane that failed (not WouldBlock, not Interrupted), by call",
             &io_errors,
         )?;
+        let per_worker: Vec<_> = agent
+            .stats
+            .per_worker()
+            .into_iter()
+            .enumerate()
+            .flat_map(|(index, worker)| {
+                worker.into_iter().map(move |(kind, count)| {
+                    (
+                        vec![("worker", index.to_string()), ("kind", kind.to_string())],
+                        count,
+                    )
+                })
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "vxnet_worker_packets",
+            "Packets each data plane worker moved: TAP frames read and written, underlay datagrams received and sent",
+            &per_worker,
+        )?;
+        let steering = agent.reconciler.dataplane.steering();
+        gauge(
+            &mut encoder,
+            "vxnet_steering_taps",
+            "Network TAPs whose queue is picked by vxnet's flow-steering program (steered) or by the kernel (automatic)",
+            &[
+                (
+                    vec![("mode", "steered".into())],
+                    steering.taps_steered as i64,
+                ),
+                (
+                    vec![("mode", "automatic".into())],
+                    steering.taps_automatic as i64,
+                ),
+            ],
+        )?;
+        gauge(
+            &mut encoder,
+            "vxnet_steering_reuseport_program",
+            "1 if the underlay receive sockets pick the worker by the inner flow",
+            &[(vec![], i64::from(steering.reuseport_program))],
+        )?;
         gauge(
             &mut encoder,
             "vxnet_fib_entries",

@@ -186,6 +186,21 @@ pub(super) fn stats(agent: &Agent) -> ApiResponse {
     for (call, count) in agent.stats.io_errors() {
         counters.insert(format!("io_error.{call}"), count);
     }
+    for (index, worker) in agent.stats.per_worker().into_iter().enumerate() {
+        for (name, count) in worker {
+            counters.insert(format!("worker.{index}.{name}"), count);
+        }
+    }
+    let dataplane = &agent.reconciler.dataplane;
+    let steering = dataplane.steering();
+    for (name, value) in [
+        ("workers", dataplane.workers() as u64),
+        ("reuseport_program", u64::from(steering.reuseport_program)),
+        ("taps_steered", steering.taps_steered as u64),
+        ("taps_automatic", steering.taps_automatic as u64),
+    ] {
+        counters.insert(format!("steering.{name}"), value);
+    }
     let view = agent.driver.view();
     let fib = agent.fib.load();
     for table in fib.networks() {

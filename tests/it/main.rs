@@ -31,6 +31,7 @@ mod dp_mtu;
 mod dp_offload;
 mod dp_pcap;
 mod dp_raft_down;
+mod dp_steering;
 mod fault_disk;
 #[cfg(feature = "fault-injection")]
 mod fault_panic;

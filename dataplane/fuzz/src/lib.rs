@@ -558,3 +558,26 @@ pub fn offload_coalesce(data: &[u8]) {
     assert_eq!(segments, frames.len());
     assert_eq!(emitted, c.stats().frames_out);
 }
+
+/// The steering bucket of arbitrary bytes: never panics, stays in 14 bits, and a frame whose
+/// addresses and ports are swapped (the flow's other direction) lands in the same bucket.
+pub fn steer_bucket(data: &[u8]) {
+    use vxnet_dataplane::steer;
+    let bucket = steer::bucket(data);
+    assert!(u32::from(bucket) <= steer::BUCKET_MASK);
+    assert!(steer::worker_of(bucket, 1 + usize::from(byte(data, 0) % 8)) < 8);
+    let ihl = usize::from(byte(data, 14) & 0xf) * 4;
+    if data.len() >= 14 + ihl + 4 && data.len() >= 34 {
+        let mut other = data.to_vec();
+        let (src, dst) = other[26..34].split_at_mut(4);
+        src.swap_with_slice(dst);
+        let l4 = 14 + ihl;
+        // Ports behind the addresses (with a shorter header they would overlap the fields
+        // the hash reads, and swapping them would make another flow).
+        if l4 >= 34 {
+            let (sport, dport) = other[l4..l4 + 4].split_at_mut(2);
+            sport.swap_with_slice(dport);
+            assert_eq!(steer::bucket(&other), bucket, "both directions of a flow");
+        }
+    }
+}

@@ -6,7 +6,9 @@
 //! - [`netns`]: network namespace handles, and named namespaces for tests and tools.
 //! - [`routes`]: the IPv4 routes vxnet owns, containers' default routes, bridge MACs.
 //! - [`udp`]: the VXLAN underlay sockets (batched `recvmmsg`/`sendmmsg`, UDP GSO and GRO).
-//! - [`workers`]: the data plane's threads, each with its epoll instance (`epoll`), its
+//! - [`plane`]: the running data plane: setup of the workers, their sockets and the TAPs, in
+//!   the order the steering programs ([`steering`]) index them.
+//! - `workers`: the data plane's threads, each with its epoll instance (`epoll`), its
 //!   busy-poll policy ([`BusyPoll`]) and its log of failed calls (`faults`).
 //!
 //! Setup calls return [`IoError`]; per-packet calls (`read`, `write`, `recv_batch`, …) return
@@ -17,10 +19,12 @@ mod epoll;
 mod faults;
 pub mod netlink;
 pub mod netns;
+pub mod plane;
 pub mod routes;
+pub mod steering;
 pub mod tap;
 pub mod udp;
-pub mod workers;
+mod workers;
 
 pub use busy_poll::{
     BUSY_POLL_BUDGET, BUSY_POLL_BULK_PACKETS, BUSY_POLL_PERIOD, BusyPoll, DEFAULT_BUSY_POLL,
@@ -30,10 +34,10 @@ pub use netlink::{
     LinkInfo, LinkRef, Netlink, RuntimeVethSpec, VethCreated, VethSpec, in_netns, in_netns_blocking,
 };
 pub use netns::{NamedNetns, NetnsHandle};
+pub use plane::{DataPlane, DataPlaneConfig, SteeringStatus, default_workers};
 pub use routes::{ROUTE_PROTOCOL, Route4};
 pub use tap::{Tap, TapOffloads, TapOptions, VNET_HDR_LEN};
 pub use udp::{MsgBatch, RecvMeta, SendPool, VxlanSocket, bind_vxlan_rx};
-pub use workers::{DataPlane, DataPlaneConfig};
 
 /// Errors of the I/O layer's setup calls.
 #[derive(Debug, thiserror::Error)]

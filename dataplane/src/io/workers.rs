@@ -1,13 +1,16 @@
 //! The data plane's threads: TAP → router → UDP and UDP → router → TAP.
 //!
-//! Each worker owns one epoll instance, one `SO_REUSEPORT` receive socket (the kernel spreads
-//! flows across them by 4-tuple, and the senders' source ports carry the flow entropy) and one
-//! queue of every network's multiqueue TAP (the kernel spreads flows across queues). So a flow
-//! stays on one worker and is never reordered, and workers share nothing on the packet path but
-//! the forwarding table, which they read lock-free: one snapshot load per batch.
+//! Each worker owns one epoll instance, one socket of the `SO_REUSEPORT` receive group, its own
+//! send sockets, and one queue of every network's multiqueue TAP. The kernel's steering
+//! programs ([`crate::steer`], attached by [`super::plane`]) send both directions of a flow to
+//! the same worker: its TAP reads, its datagrams from the underlay and its TAP writes. So a
+//! flow stays on one worker and is never reordered, and workers share nothing on the packet
+//! path but the forwarding table, which they read lock-free: one snapshot load per batch.
+//! Datagrams of different steering buckets never share a GSO send (the receiver steers a whole
+//! GSO train by its first datagram).
 //!
-//! With [`DataPlaneConfig::offload`] (the default) the TAPs carry a `virtio_net_hdr` and TCP
-//! super-frames of up to ~64 KiB:
+//! With [`DataPlaneConfig::offload`](super::DataPlaneConfig::offload) (the default) the TAPs
+//! carry a `virtio_net_hdr` and TCP super-frames of up to ~64 KiB:
 //!
 //! - egress: one `read` brings a super-frame; [`offload::segment_tcp`] writes each MSS-sized
 //!   segment's headers, and copies the first segment whole (headers and payload) into a buffer
@@ -31,34 +34,32 @@
 //! retried inside the call, and any other error is counted under its [`IoFault`]
 //! (`vxnet stats`: `io_error.*`; `/metrics`: `vxnet_io_errors_total`) and logged at most once a
 //! minute per kind; the packets it lost count as drops (`truncated_datagram`, `tap_write_error`,
-//! `udp_send_error`, or `udp_send_busy` for a full send socket).
+//! `udp_send_error`, or `udp_send_busy` for a full send socket). What each worker moved is
+//! counted under [`Traffic`] (`vxnet stats`: `worker.<i>.*`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::capture::{CaptureHub, Direction};
 use crate::fdb::{Fib, FibSnapshot, NetworkTable, Vni};
-use crate::io::busy_poll::{BusyPoll, DEFAULT_BUSY_POLL};
+use crate::io::busy_poll::BusyPoll;
 use crate::io::epoll::Epoll;
 use crate::io::faults::{FaultLog, is_send_busy, is_would_block};
-use crate::io::{
-    IoError, MsgBatch, RecvMeta, Result, SendPool, Tap, TapOptions, VNET_HDR_LEN, VxlanSocket,
-};
+use crate::io::plane::TapTable;
+use crate::io::{MsgBatch, RecvMeta, SendPool, Tap, VNET_HDR_LEN, VxlanSocket};
 use crate::offload::{self, CoalescedFrame, Coalescer, Origin, SegmentBatch};
 use crate::router::{
     EGRESS_HEADROOM, EGRESS_TAILROOM, EgressAction, IngressAction, IngressMemo, Router,
     RouterConfig,
 };
-use crate::stats::{DropReason, IoFault, StatsRegistry, WorkerStats};
+use crate::stats::{DropReason, IoFault, Traffic, WorkerStats};
+use crate::steer;
 use crate::txbatch::{GsoBatcher, GsoRun};
 use crate::wire::virtio_net_hdr::gso_type;
 use crate::wire::{VirtioNetHdr, VirtioNetHdrRepr};
@@ -73,220 +74,31 @@ const RX_BATCH: usize = 32;
 /// Frames read from one TAP queue before looking at other fds (fairness between networks).
 const TAP_BURST: usize = 64;
 /// The epoll token of the worker's UDP socket; TAP tokens are `TAP_TOKEN | vni`.
-const UDP_TOKEN: u64 = 1 << 40;
-const TAP_TOKEN: u64 = 1 << 32;
-/// Destinations (VTEP × send socket) with datagrams waiting for one GSO send at a time.
+pub(super) const UDP_TOKEN: u64 = 1 << 40;
+pub(super) const TAP_TOKEN: u64 = 1 << 32;
+/// Destinations (VTEP × send socket × bucket) with datagrams waiting for one GSO send at a time.
 const TX_RUNS: usize = 8;
 /// How often an idle worker checks whether it should stop.
 const IDLE_WAKE: Duration = Duration::from_millis(200);
 
-/// How to run the data plane.
-#[derive(Clone, Debug)]
-pub struct DataPlaneConfig {
-    /// This host's VTEP (underlay) address.
-    pub underlay: IpAddr,
-    /// The VXLAN UDP port (4789; Linux's legacy default is 8472).
-    pub vxlan_port: u16,
-    /// Worker threads (each with its own TAP queue and receive socket).
-    pub workers: usize,
-    /// Send sockets on distinct source ports, picked by flow hash.
-    pub send_sockets: usize,
-    /// Receive buffer per receive socket (forced past `rmem_max` as root).
-    pub rcvbuf_bytes: usize,
-    /// Use TAP offloads (vnet header, TSO super-frames) and UDP GSO/GRO; `false` is the plain
-    /// one-frame-per-syscall path (`vxnetd --offload off`).
-    pub offload: bool,
-    /// How long a worker keeps polling (yielding the CPU between polls) after its last packet
-    /// before it sleeps; zero: sleep at once. See [`BusyPoll`](super::BusyPoll).
-    pub busy_poll: Duration,
-}
-
-impl Default for DataPlaneConfig {
-    fn default() -> Self {
-        Self {
-            underlay: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            vxlan_port: 4789,
-            workers: 2,
-            send_sockets: 8,
-            // 10k MTU-sized datagrams in flight without a drop (each costs ~2 KiB of truesize).
-            rcvbuf_bytes: 32 << 20,
-            offload: true,
-            busy_poll: DEFAULT_BUSY_POLL,
-        }
-    }
-}
-
-/// The queues of one network's TAP, one per worker.
-#[derive(Debug)]
-struct NetworkTaps {
-    queues: Vec<Tap>,
-}
-
-type TapTable = HashMap<Vni, Arc<NetworkTaps>>;
-
-/// The running data plane.
-#[derive(Debug)]
-pub struct DataPlane {
-    config: DataPlaneConfig,
-    taps: Arc<ArcSwap<TapTable>>,
-    epolls: Vec<Arc<Epoll>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    // Serialises add/remove of networks; never taken on the packet path.
-    control: Mutex<()>,
-    src_ports: Vec<u16>,
-    capture: Arc<CaptureHub>,
-}
-
-impl DataPlane {
-    /// Binds the underlay sockets and starts the workers.
-    pub fn start(
-        config: DataPlaneConfig,
-        fib: Arc<Fib>,
-        stats: Arc<StatsRegistry>,
-    ) -> Result<DataPlane> {
-        let workers = config.workers.max(1);
-        let pool = Arc::new(SendPool::new(config.underlay, config.send_sockets.max(1))?);
-        let taps: Arc<ArcSwap<TapTable>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let capture = Arc::new(CaptureHub::new());
-        let mut epolls = Vec::with_capacity(workers);
-        let mut threads = Vec::with_capacity(workers);
-        let bind = SocketAddr::new(config.underlay, config.vxlan_port);
-        for index in 0..workers {
-            let rx = crate::io::bind_vxlan_rx(bind, true, config.rcvbuf_bytes)?;
-            rx.set_nonblocking(true)?;
-            let epoll = Arc::new(Epoll::new()?);
-            epoll.add(rx.as_raw_fd(), UDP_TOKEN)?;
-            let worker = Worker {
-                index,
-                epoll: Arc::clone(&epoll),
-                rx,
-                pool: Arc::clone(&pool),
-                fib: Arc::clone(&fib),
-                taps: Arc::clone(&taps),
-                stop: Arc::clone(&stop),
-                stats: stats.register_worker(),
-                port: config.vxlan_port,
-                capture: Arc::clone(&capture),
-                offload: config.offload,
-                busy_poll: config.busy_poll,
-                faults: RefCell::new(FaultLog::new(index)),
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("vxnet-dp{index}"))
-                .spawn(move || worker.run())
-                .map_err(|e| IoError::os("spawn data plane worker", e))?;
-            epolls.push(epoll);
-            threads.push(thread);
-        }
-        Ok(DataPlane {
-            config: DataPlaneConfig { workers, ..config },
-            taps,
-            epolls,
-            stop,
-            threads,
-            control: Mutex::new(()),
-            src_ports: pool.src_ports(),
-            capture,
-        })
-    }
-
-    /// Live captures of the frames the workers move (`vxnet capture`).
-    pub fn capture_hub(&self) -> &Arc<CaptureHub> {
-        &self.capture
-    }
-
-    /// The UDP source ports of the send sockets.
-    pub fn src_ports(&self) -> &[u16] {
-        &self.src_ports
-    }
-
-    /// Opens the TAP `tap_name` for network `vni` (one queue per worker) and starts moving its
-    /// frames. Idempotent. The caller attaches the TAP to the network's bridge afterwards.
-    pub fn add_network(&self, vni: Vni, tap_name: &str) -> Result<()> {
-        let _guard = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        if self.taps.load().contains_key(&vni) {
-            return Ok(());
-        }
-        let options = TapOptions {
-            vnet_hdr: self.config.offload,
-            multi_queue: true,
-            offload: self.config.offload,
-        };
-        let first = Tap::open(tap_name, options)?;
-        let mut queues = Vec::with_capacity(self.config.workers);
-        for _ in 1..self.config.workers {
-            queues.push(first.open_queue()?);
-        }
-        queues.insert(0, first);
-        for queue in &queues {
-            queue.set_nonblocking(true)?;
-        }
-        let entry = Arc::new(NetworkTaps { queues });
-        let mut next = TapTable::clone(&self.taps.load());
-        next.insert(vni, Arc::clone(&entry));
-        self.taps.store(Arc::new(next));
-        for (epoll, queue) in self.epolls.iter().zip(&entry.queues) {
-            epoll.add(queue.as_raw_fd(), TAP_TOKEN | u64::from(vni))?;
-        }
-        Ok(())
-    }
-
-    /// Stops moving network `vni`'s frames and closes its TAP (the kernel deletes the device).
-    pub fn remove_network(&self, vni: Vni) {
-        let _guard = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = TapTable::clone(&self.taps.load());
-        if let Some(entry) = next.remove(&vni) {
-            for (epoll, queue) in self.epolls.iter().zip(&entry.queues) {
-                epoll.delete(queue.as_raw_fd());
-            }
-            self.taps.store(Arc::new(next));
-        }
-    }
-
-    /// The networks whose TAPs are open.
-    pub fn networks(&self) -> Vec<Vni> {
-        self.taps.load().keys().copied().collect()
-    }
-
-    /// Stops the workers and closes every TAP.
-    pub fn shutdown(mut self) {
-        self.stop_workers();
-    }
-
-    fn stop_workers(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-        self.taps.store(Arc::default());
-    }
-}
-
-impl Drop for DataPlane {
-    fn drop(&mut self) {
-        self.stop_workers();
-    }
-}
-
-struct Worker {
-    index: usize,
-    epoll: Arc<Epoll>,
-    rx: VxlanSocket,
-    pool: Arc<SendPool>,
-    fib: Arc<Fib>,
-    taps: Arc<ArcSwap<TapTable>>,
-    stop: Arc<AtomicBool>,
-    stats: Arc<WorkerStats>,
-    port: u16,
-    capture: Arc<CaptureHub>,
+/// One data plane thread and everything it owns.
+pub(super) struct Worker {
+    pub(super) index: usize,
+    pub(super) epoll: Arc<Epoll>,
+    pub(super) rx: VxlanSocket,
+    pub(super) pool: SendPool,
+    pub(super) fib: Arc<Fib>,
+    pub(super) taps: Arc<ArcSwap<TapTable>>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) stats: Arc<WorkerStats>,
+    pub(super) port: u16,
+    pub(super) capture: Arc<CaptureHub>,
     /// TAPs with vnet header and TSO; segmentation and coalescing on.
-    offload: bool,
-    busy_poll: Duration,
+    pub(super) offload: bool,
+    pub(super) busy_poll: Duration,
     /// Failed calls: counted, and logged at most once a minute per kind. Only this worker's
     /// thread touches it.
-    faults: RefCell<FaultLog>,
+    pub(super) faults: RefCell<FaultLog>,
 }
 
 /// The worker's reusable buffers: allocated once, never per packet.
@@ -321,8 +133,9 @@ struct Burst<'a> {
     pending: &'a mut GsoBatcher<TxKey>,
 }
 
-/// A datagram's destination VTEP and the index of its send socket in the pool.
-type TxKey = (IpAddr, usize);
+/// A datagram's destination VTEP, the index of its send socket in the worker's pool, and its
+/// steering bucket.
+type TxKey = (IpAddr, usize, u16);
 
 /// Where the segments of a super-frame go, once the router decided for the first one.
 enum SegmentTarget {
@@ -331,7 +144,8 @@ enum SegmentTarget {
 }
 
 impl Worker {
-    fn run(self) {
+    /// The worker's loop, until the data plane stops.
+    pub(super) fn run(self) {
         let mut router = Router::new(RouterConfig::default(), Arc::clone(&self.stats));
         let mut bufs = Buffers {
             rx: vec![vec![0u8; MAX_PACKET]; RX_BATCH],
@@ -409,7 +223,13 @@ impl Worker {
 
     /// Writes `iov` to a TAP queue; counts `frames` as dropped if it fails. Returns the error.
     fn tap_write(&self, tap: &Tap, iov: &[IoSlice<'_>], frames: u64) -> Option<std::io::Error> {
-        let err = tap.writev(iov).err()?;
+        let err = match tap.writev(iov) {
+            Ok(_) => {
+                self.stats.count_traffic(Traffic::TapWritten, frames);
+                return None;
+            }
+            Err(err) => err,
+        };
         self.stats.count_drops(DropReason::TapWriteError, frames);
         if !is_would_block(&err) {
             self.fault(IoFault::TapWrite, &err);
@@ -420,6 +240,14 @@ impl Worker {
     /// Drains the receive socket: decapsulates and writes inner frames to the TAPs. Returns the
     /// number of datagrams received.
     fn ingress(&self, router: &mut Router, bufs: &mut Buffers) -> u32 {
+        let datagrams = self.receive(router, bufs);
+        self.stats
+            .count_traffic(Traffic::UdpReceived, u64::from(datagrams));
+        datagrams
+    }
+
+    /// [`Worker::ingress`] without the counting.
+    fn receive(&self, router: &mut Router, bufs: &mut Buffers) -> u32 {
         let mut datagrams = 0;
         // Bounded, so a flood on the underlay cannot starve the TAPs.
         for _ in 0..8 {
@@ -531,6 +359,8 @@ impl Worker {
             None => self.egress_plain(&mut burst, tx),
         };
         self.flush_pending(burst.pending);
+        self.stats
+            .count_traffic(Traffic::TapRead, u64::from(frames));
         frames
     }
 
@@ -643,23 +473,24 @@ impl Worker {
     /// Routes one ordinary (not segmented) frame at `buf[EGRESS_HEADROOM..][..len]`.
     fn route_frame(&self, burst: &mut Burst<'_>, buf: &mut [u8], len: usize) {
         let vni = burst.vni;
+        let frame = &buf[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
         if self.capture.is_active() {
-            let frame = &buf[EGRESS_HEADROOM..EGRESS_HEADROOM + len];
             self.capture.mirror(vni, Direction::Egress, frame);
         }
+        let bucket = steer::bucket(frame);
         match burst.router.egress(burst.fib, vni, buf, len, burst.now) {
             EgressAction::Unicast {
                 vtep,
                 packet,
                 flow_hash,
-            } => self.queue(burst.pending, packet, vtep, flow_hash),
+            } => self.queue(burst.pending, packet, self.tx_key(vtep, flow_hash, bucket)),
             EgressAction::Flood {
                 vteps,
                 packet,
                 flow_hash,
             } => {
                 for &vtep in vteps {
-                    self.queue(burst.pending, packet, vtep, flow_hash);
+                    self.queue(burst.pending, packet, self.tx_key(vtep, flow_hash, bucket));
                 }
             }
             EgressAction::Reply { frame } => self.write_reply(burst.tap, vni, frame),
@@ -727,7 +558,7 @@ impl Worker {
     /// 64 segments / 64 KiB, payloads gathered from `frame`); counts the segments the kernel did
     /// not take.
     fn send_segments(&self, segments: &SegmentBatch, frame: &[u8], vtep: IpAddr, flow_hash: u32) {
-        let (vtep, socket) = self.tx_key(vtep, flow_hash);
+        let socket = self.pool.index_for(u64::from(flow_hash));
         let total = segments.len();
         let Some(socket) = self.pool.sockets().get(socket) else {
             self.stats
@@ -742,23 +573,25 @@ impl Worker {
         );
         match sent {
             // A send that stopped part way keeps its error to itself: the rest counts as failed.
-            Ok(sent) => self
-                .stats
-                .count_drops(DropReason::UdpSendError, (total - sent.min(total)) as u64),
+            Ok(sent) => {
+                let sent = sent.min(total);
+                self.stats.count_traffic(Traffic::UdpSent, sent as u64);
+                self.stats
+                    .count_drops(DropReason::UdpSendError, (total - sent) as u64);
+            }
             Err(e) => self.send_failed(&e, total as u64),
         }
     }
 
-    /// Queues one routed datagram for `vtep`; it leaves with the next flush of `pending`.
-    fn queue(&self, pending: &mut GsoBatcher<TxKey>, packet: &[u8], vtep: IpAddr, flow_hash: u32) {
-        pending.push(self.tx_key(vtep, flow_hash), packet, &mut |run| {
-            self.send_run(run)
-        });
+    /// Queues one routed datagram; it leaves with the next flush of `pending`.
+    fn queue(&self, pending: &mut GsoBatcher<TxKey>, packet: &[u8], key: TxKey) {
+        pending.push(key, packet, &mut |run| self.send_run(run));
     }
 
-    /// Where a flow's datagrams for `vtep` leave: the VTEP and the flow's send socket.
-    fn tx_key(&self, vtep: IpAddr, flow_hash: u32) -> TxKey {
-        (vtep, self.pool.index_for(u64::from(flow_hash)))
+    /// Where a flow's datagrams for `vtep` leave: the VTEP, the flow's send socket and its
+    /// steering bucket.
+    fn tx_key(&self, vtep: IpAddr, flow_hash: u32, bucket: u16) -> TxKey {
+        (vtep, self.pool.index_for(u64::from(flow_hash)), bucket)
     }
 
     /// Sends every queued datagram.
@@ -769,7 +602,7 @@ impl Worker {
     /// Sends one run of datagrams (one UDP GSO send when there are several); counts the
     /// datagrams the kernel did not take.
     fn send_run(&self, run: GsoRun<'_, TxKey>) {
-        let (vtep, socket) = *run.key;
+        let (vtep, socket, _) = *run.key;
         let total = run.count as u64;
         let Some(socket) = self.pool.sockets().get(socket) else {
             self.stats.count_drops(DropReason::UdpSendError, total);
@@ -782,12 +615,14 @@ impl Worker {
             socket.send_gso(dst, run.bytes, run.stride)
         };
         match sent {
-            Ok(n) if n >= run.bytes.len() => {}
+            Ok(n) if n >= run.bytes.len() => self.stats.count_traffic(Traffic::UdpSent, total),
             // send_gso stops at a whole number of segments.
-            Ok(n) => self.stats.count_drops(
-                DropReason::UdpSendError,
-                total - (n / run.stride.max(1)) as u64,
-            ),
+            Ok(n) => {
+                let sent = (n / run.stride.max(1)) as u64;
+                self.stats.count_traffic(Traffic::UdpSent, sent);
+                self.stats
+                    .count_drops(DropReason::UdpSendError, total - sent);
+            }
             Err(e) => self.send_failed(&e, total),
         }
     }

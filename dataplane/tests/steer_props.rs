@@ -1,0 +1,152 @@
+//! The three computations of the steering hash agree on arbitrary frames: userspace's
+//! [`steer::bucket`], the reuseport group's classic BPF program (run by the small interpreter
+//! below, which follows the kernel's `bpf_run_filter` semantics for the opcodes the program
+//! uses, out-of-bounds loads returning 0), and the TAP's eBPF program run by the kernel itself
+//! (`BPF_PROG_TEST_RUN`, as root).
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use vxnet_dataplane::io::steering::BpfProgram;
+use vxnet_dataplane::steer::{self, SockFilter, cbpf};
+
+#[path = "../fuzz/src/lib.rs"]
+#[allow(dead_code)] // the wire and offload bodies are the other tests'
+mod touch;
+
+/// Runs a classic BPF program over `data` as the kernel would.
+fn run_cbpf(program: &[SockFilter], data: &[u8]) -> u32 {
+    let load = |at: u64, len: usize| -> Option<u32> {
+        let start = usize::try_from(at).ok()?;
+        let bytes = data.get(start..start.checked_add(len)?)?;
+        Some(bytes.iter().fold(0u32, |acc, &b| acc << 8 | u32::from(b)))
+    };
+    let (mut a, mut x, mut mem) = (0u32, 0u32, [0u32; 16]);
+    let mut pc = 0;
+    loop {
+        let SockFilter { code, jt, jf, k } = program[pc];
+        pc += 1;
+        match code {
+            cbpf::LD_H_ABS | cbpf::LD_B_ABS | cbpf::LD_W_ABS => {
+                let len = match code {
+                    cbpf::LD_H_ABS => 2,
+                    cbpf::LD_B_ABS => 1,
+                    _ => 4,
+                };
+                match load(u64::from(k), len) {
+                    Some(v) => a = v,
+                    None => return 0,
+                }
+            }
+            cbpf::LD_H_IND => match load(u64::from(x) + u64::from(k), 2) {
+                Some(v) => a = v,
+                None => return 0,
+            },
+            cbpf::LDX_B_MSH => match load(u64::from(k), 1) {
+                Some(v) => x = (v & 0xf) * 4,
+                None => return 0,
+            },
+            cbpf::LD_MEM => a = mem[k as usize],
+            cbpf::LDX_MEM => x = mem[k as usize],
+            cbpf::ST => mem[k as usize] = a,
+            cbpf::XOR_X => a ^= x,
+            cbpf::MUL_K => a = a.wrapping_mul(k),
+            cbpf::RSH_K => a >>= k,
+            cbpf::AND_K => a &= k,
+            cbpf::MOD_K => a %= k,
+            cbpf::TAX => x = a,
+            cbpf::TXA => a = x,
+            cbpf::JEQ_K => pc += usize::from(if a == k { jt } else { jf }),
+            cbpf::JSET_K => pc += usize::from(if a & k != 0 { jt } else { jf }),
+            cbpf::RET_A => return a,
+            cbpf::RET_K => return k,
+            other => panic!("opcode {other:#x} not interpreted"),
+        }
+    }
+}
+
+/// Frames around the interesting cases: IPv4 or not, TCP/UDP/other, first or later fragments,
+/// any header length, cut anywhere.
+fn frames() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop_oneof![4 => Just(0x0800u16), 1 => any::<u16>()],
+        prop_oneof![2 => Just(6u8), 2 => Just(17u8), 1 => any::<u8>()],
+        prop_oneof![3 => Just(0u16), 1 => any::<u16>()],
+        prop_oneof![3 => Just(5u8), 1 => 0u8..16],
+        proptest::collection::vec(any::<u8>(), 80),
+        0usize..100,
+    )
+        .prop_map(|(ethertype, proto, frag, ihl, mut bytes, cut)| {
+            bytes[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            bytes[14] = 0x40 | ihl;
+            bytes[20..22].copy_from_slice(&frag.to_be_bytes());
+            bytes[23] = proto;
+            bytes.truncate(cut.min(bytes.len()));
+            bytes
+        })
+}
+
+proptest! {
+    #[test]
+    fn reuseport_program_picks_the_buckets_worker(frame in frames(), workers in 1u32..9) {
+        let mut payload = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+        payload.extend_from_slice(&frame);
+        let chosen = run_cbpf(&steer::reuseport_program(workers), &payload);
+        prop_assert_eq!(chosen as usize, steer::worker_of(steer::bucket(&frame), workers as usize));
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_fuzz_body_holds(frame in frames()) {
+        touch::steer_bucket(&frame);
+    }
+
+    #[test]
+    fn the_fuzz_body_holds_on_noise(data in proptest::collection::vec(any::<u8>(), 0..120)) {
+        touch::steer_bucket(&data);
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The kernel runs the TAP's program (and its VXLAN-offset twin) on 2,000 arbitrary frames:
+/// every result is userspace's worker.
+#[test]
+fn kernel_runs_the_tap_program_to_the_same_worker() {
+    if !is_root() {
+        eprintln!("skipped: kernel_runs_the_tap_program_to_the_same_worker needs root (bpf(2))");
+        return;
+    }
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for workers in [1u32, 2, 3, 4, 7] {
+        let tap = BpfProgram::load_socket_filter(&steer::tap_program(workers))
+            .expect("the verifier accepts the TAP program");
+        let vxlan =
+            BpfProgram::load_socket_filter(&steer::ebpf_program(steer::VXLAN_HEADER, workers))
+                .expect("the verifier accepts the program at a VXLAN offset");
+        for _ in 0..400 {
+            let frame = frames().new_tree(&mut runner).unwrap().current();
+            let want = steer::worker_of(steer::bucket(&frame), workers as usize) as u32;
+            // The kernel strips a 14-byte link header before a socket filter's test run (and
+            // checks the IP header behind an IP ethertype: a made-up one keeps every frame).
+            let mut packet = vec![0u8; 12];
+            packet.extend_from_slice(&[0x88, 0xb5]);
+            packet.extend_from_slice(&frame);
+            let got = tap
+                .test_run(&packet)
+                .unwrap_or_else(|e| panic!("test run of {} bytes: {e}", packet.len()));
+            assert_eq!(got, want, "TAP program, {workers} queues, {frame:02x?}");
+            let mut packet = vec![0u8; 12];
+            packet.extend_from_slice(&[0x88, 0xb5, 0x08, 0, 0, 0, 0, 0, 42, 0]);
+            packet.extend_from_slice(&frame);
+            assert_eq!(
+                vxlan.test_run(&packet).unwrap(),
+                want,
+                "VXLAN offset, {workers}, {frame:02x?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Flow steering: a flow's TAP reads, underlay receives and TAP writes happen on one worker on
+//! each host, in both directions, and the worker is the one the flow hash names; several flows
+//! spread over all workers. Proved with the per-worker counters of `vxnet stats` (and their
+//! `/metrics` twins), with client ports chosen through the same hash so that no run depends on
+//! luck.
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vxnet_dataplane::steer;
+
+use crate::support::*;
+
+const WORKERS: usize = 2;
+const KINDS: [&str; 4] = [
+    "tap_frames_read",
+    "udp_datagrams_received",
+    "tap_frames_written",
+    "udp_datagrams_sent",
+];
+
+/// Per worker, the four traffic counters of [`KINDS`].
+fn per_worker(agent: &Agent) -> Vec<[u64; 4]> {
+    let stats = agent.stats();
+    (0..WORKERS)
+        .map(|w| KINDS.map(|k| stats.get(&format!("worker.{w}.{k}")).copied().unwrap_or(0)))
+        .collect()
+}
+
+fn delta(after: &[[u64; 4]], before: &[[u64; 4]]) -> Vec<[u64; 4]> {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| std::array::from_fn(|k| a[k] - b[k]))
+        .collect()
+}
+
+/// A client port from `from` on whose flow to `dst:dport` lands on `worker`.
+fn port_on(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, worker: usize, from: u16) -> u16 {
+    (from..)
+        .find(|&p| {
+            steer::worker_of(steer::ipv4_flow_bucket(src, dst, 6, p, dport), WORKERS) == worker
+        })
+        .expect("a port on every worker")
+}
+
+/// iperf3 servers in `ns` on `ports`, killed on drop.
+struct Servers(Vec<Child>);
+
+impl Servers {
+    fn start(ns: &str, ports: &[u16]) -> Servers {
+        Servers(
+            ports
+                .iter()
+                .map(|p| {
+                    Command::new("ip")
+                        .args(["netns", "exec", ns, "iperf3", "-s", "-p", &p.to_string()])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("spawn iperf3 server")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs one iperf3 client per (client port, server port) at once, `args` added; retries a
+/// client that raced its server's listen. Returns the received Gbit/s of each.
+fn iperf3_clients(ns: &str, server: Ipv4Addr, flows: &[(u16, u16)], args: &str) -> Vec<f64> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let children: Vec<_> = flows
+            .iter()
+            .map(|(cport, sport)| {
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "sh", "-c"])
+                    .arg(format!(
+                        "iperf3 -c {server} -p {sport} --cport {cport} -J --connect-timeout 1000 {args}"
+                    ))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn iperf3 client")
+            })
+            .collect();
+        let results: Vec<_> = children
+            .into_iter()
+            .map(|c| {
+                let out = c.wait_with_output().expect("iperf3 client");
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                v["end"]["sum_received"]["bits_per_second"]
+                    .as_f64()
+                    .map(|bps| bps / 1e9)
+                    .ok_or_else(|| output_text(&out))
+            })
+            .collect();
+        if results.iter().all(Result::is_ok) {
+            return results.into_iter().flatten().collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "iperf3 never completed: {results:?}"
+        );
+        eprintln!("dp_steering: an iperf3 client failed, again: {results:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// For a flow steered to `worker`: every counter that moved by more than `floor` moved at
+/// least 95% on that worker (the rest: ARP, iperf3's control connection).
+fn assert_on_worker(host: &str, d: &[[u64; 4]], worker: usize, floor: u64) {
+    for (k, kind) in KINDS.iter().enumerate() {
+        let total: u64 = d.iter().map(|w| w[k]).sum();
+        if total <= floor {
+            continue;
+        }
+        let share = d[worker][k] as f64 / total as f64;
+        assert!(
+            share >= 0.95,
+            "{host}: {kind} should run on worker {worker}: {:?} (share {share:.3})",
+            d.iter().map(|w| w[k]).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Sends 48 MiB c1 → c2 once per worker, from a client port chosen to land on that worker, and
+/// checks both hosts' counters: all of the flow's work, both directions, on that worker.
+fn one_flow_per_worker(
+    cluster: &mut Cluster,
+    network: &str,
+    subnet: &str,
+    bytes: &str,
+) -> (String, String, Ipv4Addr, Ipv4Addr) {
+    let Pair { c1, c2, ip1, ip2 } = cluster.pair_on_network(network, subnet);
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = (ip1.parse().unwrap(), ip2.parse().unwrap());
+    for agent in &cluster.agents {
+        let s = agent.stats();
+        assert_eq!(s.get("steering.workers"), Some(&(WORKERS as u64)), "{s:?}");
+        assert_eq!(s.get("steering.reuseport_program"), Some(&1), "{s:?}");
+        assert_eq!(s.get("steering.taps_steered"), Some(&1), "{s:?}");
+        assert_eq!(s.get("steering.taps_automatic"), Some(&0), "{s:?}");
+    }
+    let _servers = Servers::start(&c2, &[5201]);
+    for worker in 0..WORKERS {
+        let cport = port_on(src, dst, 5201, worker, 40000 + 100 * worker as u16);
+        let before: Vec<_> = cluster.agents.iter().map(per_worker).collect();
+        let gbps = iperf3_clients(&c1, dst, &[(cport, 5201)], &format!("-n {bytes}"));
+        let after: Vec<_> = cluster.agents.iter().map(per_worker).collect();
+        let (h1, h2) = (delta(&after[0], &before[0]), delta(&after[1], &before[1]));
+        eprintln!(
+            "dp_steering: {network}: flow {src}:{cport} → {dst}:5201 (worker {worker}), \
+             {gbps:.2?} Gbit/s; per worker [tap read, udp rx, tap written, udp sent]: \
+             h1 {h1:?}, h2 {h2:?}"
+        );
+        // Data one way, acknowledgements the other: each host reads, receives, writes and
+        // sends for this flow.
+        for (host, d) in [("h1", &h1), ("h2", &h2)] {
+            for k in 0..KINDS.len() {
+                assert!(d[worker][k] > 100, "{host}: {} moved: {d:?}", KINDS[k]);
+            }
+            assert_on_worker(host, d, worker, 100);
+        }
+    }
+    (c1, c2, src, dst)
+}
+
+/// Two hosts whose agents run [`WORKERS`] workers, `extra` flags added.
+fn two_hosts(tag: &str, extra: &[&str]) -> Cluster {
+    let mut agent_args = vec!["--workers".to_string(), WORKERS.to_string()];
+    agent_args.extend(extra.iter().map(|a| a.to_string()));
+    Cluster::new(
+        tag,
+        ClusterOptions {
+            agent_args,
+            ..ClusterOptions::default()
+        },
+    )
+}
+
+/// Offload on (the default), two workers: each flow stays on its hash's worker on both hosts;
+/// then four flows at once, two per worker, keep every worker of both hosts busy.
+#[test]
+fn flows_stay_on_their_worker_and_spread() {
+    if !require_root("flows_stay_on_their_worker_and_spread") {
+        return;
+    }
+    let mut cluster = two_hosts("st", &["--metrics", "127.0.0.1:9476"]);
+    let (c1, c2, src, dst) = one_flow_per_worker(&mut cluster, "steer", "10.61.0.0/24", "48M");
+
+    // Four flows, to four servers, with client ports that put two on each worker.
+    let flows: Vec<(u16, u16)> = (0..4u16)
+        .map(|i| {
+            let server = 5211 + i;
+            (
+                port_on(src, dst, server, usize::from(i) % WORKERS, 41000 + 50 * i),
+                server,
+            )
+        })
+        .collect();
+    let servers: Vec<u16> = flows.iter().map(|f| f.1).collect();
+    let _servers = Servers::start(&c2, &servers);
+    let before: Vec<_> = cluster.agents.iter().map(per_worker).collect();
+    let gbps = iperf3_clients(&c1, dst, &flows, "-t 3");
+    let after: Vec<_> = cluster.agents.iter().map(per_worker).collect();
+    let (h1, h2) = (delta(&after[0], &before[0]), delta(&after[1], &before[1]));
+    eprintln!(
+        "dp_steering: 4 flows {flows:?}: {gbps:.2?} Gbit/s (sum {:.2}); per worker: h1 {h1:?}, h2 {h2:?}",
+        gbps.iter().sum::<f64>()
+    );
+    for (host, d) in [("h1", &h1), ("h2", &h2)] {
+        for k in 0..KINDS.len() {
+            let total: u64 = d.iter().map(|w| w[k]).sum();
+            for (w, counts) in d.iter().enumerate() {
+                assert!(
+                    counts[k] * 10 >= total,
+                    "{host}: worker {w} takes its share of {}: {d:?}",
+                    KINDS[k]
+                );
+            }
+        }
+    }
+
+    // The same counters in /metrics.
+    let out = cluster.exec(
+        cluster.host_ns(0),
+        "python3 -c 'import urllib.request;print(urllib.request.urlopen(\"http://127.0.0.1:9476/metrics\",timeout=5).read().decode())'",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let scraped = |w: usize| -> u64 {
+        let needle =
+            format!("vxnet_worker_packets_total{{worker=\"{w}\",kind=\"tap_frames_read\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{needle} in /metrics:\n{text}"))
+    };
+    for (w, counts) in after[0].iter().enumerate() {
+        assert!(scraped(w) >= counts[0], "metrics as fresh as stats");
+    }
+    assert!(
+        text.contains("vxnet_steering_taps{mode=\"steered\"} 1"),
+        "{text}"
+    );
+}
+
+/// `--offload off`: the plain path (a frame per system call) is steered the same way.
+#[test]
+fn plain_path_flows_stay_on_their_worker() {
+    if !require_root("plain_path_flows_stay_on_their_worker") {
+        return;
+    }
+    let mut cluster = two_hosts("sp", &["--offload", "off"]);
+    one_flow_per_worker(&mut cluster, "plain", "10.62.0.0/24", "8M");
+}
