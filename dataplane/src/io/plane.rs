@@ -77,7 +77,8 @@ pub struct SteeringStatus {
     /// TAPs whose queue is picked by the steering program.
     pub taps_steered: usize,
     /// TAPs left on the kernel's automatic steering (the program could not be loaded or
-    /// attached): a flow's egress follows its ingress after the first packet back.
+    /// attached): a flow's egress follows its ingress after the first packet back. Zero with
+    /// one worker, where there is nothing to steer.
     pub taps_automatic: usize,
     /// Why the TAP program is not in use, if it is not.
     pub tap_program_error: Option<String>,
@@ -106,7 +107,8 @@ pub struct DataPlane {
     capture: Arc<CaptureHub>,
     tap_program: std::result::Result<BpfProgram, String>,
     reuseport_program: bool,
-    taps_automatic: AtomicUsize,
+    /// TAPs the program failed to attach to (the first failure is logged).
+    attach_failures: AtomicUsize,
 }
 
 impl DataPlane {
@@ -183,7 +185,7 @@ impl DataPlane {
             capture,
             tap_program,
             reuseport_program,
-            taps_automatic: AtomicUsize::new(0),
+            attach_failures: AtomicUsize::new(0),
         })
     }
 
@@ -206,10 +208,15 @@ impl DataPlane {
     pub fn steering(&self) -> SteeringStatus {
         let taps = self.taps.load();
         let steered = taps.values().filter(|t| t.steered).count();
+        let automatic = if self.config.workers > 1 {
+            taps.len() - steered
+        } else {
+            0
+        };
         SteeringStatus {
             reuseport_program: self.reuseport_program,
             taps_steered: steered,
-            taps_automatic: taps.len() - steered,
+            taps_automatic: automatic,
             tap_program_error: self.tap_program.as_ref().err().cloned(),
         }
     }
@@ -241,7 +248,7 @@ impl DataPlane {
             Ok(program) => match program.attach_to_tap(&queues[0]) {
                 Ok(()) => true,
                 Err(e) => {
-                    if self.taps_automatic.fetch_add(1, Ordering::Relaxed) == 0 {
+                    if self.attach_failures.fetch_add(1, Ordering::Relaxed) == 0 {
                         tracing::warn!(
                             "TUNSETSTEERINGEBPF on {tap_name}: {e}; its flows follow the \
                              kernel's automatic steering"
