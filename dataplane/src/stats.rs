@@ -85,6 +85,7 @@ counter_kinds! {
         UdpReceived => "udp_datagrams_received", "Datagrams received on this worker's underlay socket.";
         TapWritten => "tap_frames_written", "Frames written to this worker's TAP queues.";
         UdpSent => "udp_datagrams_sent", "Datagrams this worker sent to remote VTEPs.";
+        UdpOtherWorker => "udp_datagrams_other_worker", "Datagrams received here whose flow belongs to another worker (a GRO train that mixed flows): delivered, but that flow may be reordered.";
     }
 }
 

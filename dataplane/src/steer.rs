@@ -83,6 +83,11 @@ fn tuple_hash(frame: &[u8]) -> Option<u32> {
     Some(h)
 }
 
+// `struct bpf_insn` packs the registers as bitfields, whose order follows the byte order:
+// `BpfInsn::regs` below is the little-endian layout.
+#[cfg(target_endian = "big")]
+compile_error!("the eBPF steering program is encoded for little-endian machines only");
+
 /// One eBPF instruction, as `struct bpf_insn` lays it out.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

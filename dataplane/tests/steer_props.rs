@@ -4,16 +4,23 @@
 //! uses, out-of-bounds loads returning 0), and the TAP's eBPF program run by the kernel itself
 //! (`BPF_PROG_TEST_RUN`, as root).
 
+#[allow(dead_code)]
+mod io_common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use vxnet_dataplane::io::steering::BpfProgram;
-use vxnet_dataplane::steer::{self, SockFilter, cbpf};
+use vxnet_dataplane::io::steering::{BpfProgram, attach_reuseport_program};
+use vxnet_dataplane::io::{MsgBatch, RecvMeta, bind_vxlan_rx};
+use vxnet_dataplane::steer::{self, SockFilter};
 
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code)] // the wire and offload bodies are the other tests'
 mod touch;
 
-/// Runs a classic BPF program over `data` as the kernel would.
+/// Runs a classic BPF program over `data` as the kernel would. The opcodes are Linux's
+/// (`BPF_LD|BPF_H|BPF_ABS` = 0x28, …), written out rather than taken from the code under test.
 fn run_cbpf(program: &[SockFilter], data: &[u8]) -> u32 {
     let load = |at: u64, len: usize| -> Option<u32> {
         let start = usize::try_from(at).ok()?;
@@ -26,10 +33,10 @@ fn run_cbpf(program: &[SockFilter], data: &[u8]) -> u32 {
         let SockFilter { code, jt, jf, k } = program[pc];
         pc += 1;
         match code {
-            cbpf::LD_H_ABS | cbpf::LD_B_ABS | cbpf::LD_W_ABS => {
+            0x28 | 0x30 | 0x20 => {
                 let len = match code {
-                    cbpf::LD_H_ABS => 2,
-                    cbpf::LD_B_ABS => 1,
+                    0x28 => 2,
+                    0x30 => 1,
                     _ => 4,
                 };
                 match load(u64::from(k), len) {
@@ -37,28 +44,28 @@ fn run_cbpf(program: &[SockFilter], data: &[u8]) -> u32 {
                     None => return 0,
                 }
             }
-            cbpf::LD_H_IND => match load(u64::from(x) + u64::from(k), 2) {
+            0x48 => match load(u64::from(x) + u64::from(k), 2) {
                 Some(v) => a = v,
                 None => return 0,
             },
-            cbpf::LDX_B_MSH => match load(u64::from(k), 1) {
+            0xb1 => match load(u64::from(k), 1) {
                 Some(v) => x = (v & 0xf) * 4,
                 None => return 0,
             },
-            cbpf::LD_MEM => a = mem[k as usize],
-            cbpf::LDX_MEM => x = mem[k as usize],
-            cbpf::ST => mem[k as usize] = a,
-            cbpf::XOR_X => a ^= x,
-            cbpf::MUL_K => a = a.wrapping_mul(k),
-            cbpf::RSH_K => a >>= k,
-            cbpf::AND_K => a &= k,
-            cbpf::MOD_K => a %= k,
-            cbpf::TAX => x = a,
-            cbpf::TXA => a = x,
-            cbpf::JEQ_K => pc += usize::from(if a == k { jt } else { jf }),
-            cbpf::JSET_K => pc += usize::from(if a & k != 0 { jt } else { jf }),
-            cbpf::RET_A => return a,
-            cbpf::RET_K => return k,
+            0x60 => a = mem[k as usize],
+            0x61 => x = mem[k as usize],
+            0x02 => mem[k as usize] = a,
+            0xac => a ^= x,
+            0x24 => a = a.wrapping_mul(k),
+            0x74 => a >>= k,
+            0x54 => a &= k,
+            0x94 => a %= k,
+            0x07 => x = a,
+            0x87 => a = x,
+            0x15 => pc += usize::from(if a == k { jt } else { jf }),
+            0x45 => pc += usize::from(if a & k != 0 { jt } else { jf }),
+            0x16 => return a,
+            0x06 => return k,
             other => panic!("opcode {other:#x} not interpreted"),
         }
     }
@@ -107,9 +114,68 @@ proptest! {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+use io_common::is_root;
+
+/// The kernel runs the reuseport group's classic program: 3 sockets on port 4789 in a fresh
+/// namespace, 300 VXLAN datagrams with arbitrary inner frames sent to the group, each received
+/// by the socket of its frame's worker.
+#[test]
+fn kernel_steers_vxlan_datagrams_to_the_buckets_socket() {
+    if !is_root() {
+        eprintln!(
+            "skipped: kernel_steers_vxlan_datagrams_to_the_buckets_socket needs root (a namespace)"
+        );
+        return;
+    }
+    const SOCKETS: usize = 3;
+    io_common::anon_ns()
+        .run(|| {
+            let group = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4789);
+            let sockets: Vec<_> = (0..SOCKETS)
+                .map(|_| bind_vxlan_rx(group, true, 0).expect("bind the group"))
+                .collect();
+            attach_reuseport_program(&sockets[0], &steer::reuseport_program(SOCKETS as u32))
+                .expect("attach the classic program");
+            let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("sender");
+            let mut runner = proptest::test_runner::TestRunner::deterministic();
+            let mut sent = Vec::new();
+            for i in 0..300u16 {
+                let frame = frames().new_tree(&mut runner).unwrap().current();
+                // The VXLAN header's reserved bytes carry the datagram's number.
+                let mut payload =
+                    vec![0x08, 0, i.to_be_bytes()[0], i.to_be_bytes()[1], 0, 0, 42, 0];
+                payload.extend_from_slice(&frame);
+                sender.send_to(&payload, group).expect("send");
+                sent.push(steer::worker_of(steer::bucket(&frame), SOCKETS));
+            }
+            let mut received = vec![None; sent.len()];
+            let end = io_common::deadline(5);
+            let mut batch = MsgBatch::new(32);
+            let mut bufs = vec![vec![0u8; 65_536]; 32];
+            let mut metas = [RecvMeta::default(); 32];
+            while received.iter().any(Option::is_none) && std::time::Instant::now() < end {
+                for (index, socket) in sockets.iter().enumerate() {
+                    socket.set_nonblocking(true).unwrap();
+                    while let Ok(n) = socket.recv_batch(&mut batch, &mut bufs, &mut metas) {
+                        for (buf, meta) in bufs.iter().zip(&metas[..n]) {
+                            for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
+                                let i = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
+                                received[i] = Some(index);
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let mut per_socket = [0usize; SOCKETS];
+            for (i, (want, got)) in sent.iter().zip(&received).enumerate() {
+                assert_eq!(*got, Some(*want), "datagram {i}");
+                per_socket[*want] += 1;
+            }
+            eprintln!("kernel reuseport steering: datagrams per socket {per_socket:?}");
+            assert!(per_socket.iter().all(|&n| n > 0), "{per_socket:?}");
+        })
+        .expect("a fresh namespace");
 }
 
 /// The kernel runs the TAP's program (and its VXLAN-offset twin) on 2,000 arbitrary frames:

@@ -117,24 +117,21 @@ fn iperf3_clients(ns: &str, server: Ipv4Addr, flows: &[(u16, u16)], args: &str) 
     }
 }
 
-/// For a flow steered to `worker`: every counter that moved by more than `floor` moved at
-/// least 95% on that worker (the rest: ARP, iperf3's control connection).
-fn assert_on_worker(host: &str, d: &[[u64; 4]], worker: usize, floor: u64) {
+/// For a flow steered to `worker`: every counter moved on that worker but for at most 5% and
+/// `noise` packets elsewhere (ARP, and iperf3's control connection, whose port is random).
+fn assert_on_worker(host: &str, d: &[[u64; 4]], worker: usize, noise: u64) {
     for (k, kind) in KINDS.iter().enumerate() {
         let total: u64 = d.iter().map(|w| w[k]).sum();
-        if total <= floor {
-            continue;
-        }
-        let share = d[worker][k] as f64 / total as f64;
+        let elsewhere = total - d[worker][k];
         assert!(
-            share >= 0.95,
-            "{host}: {kind} should run on worker {worker}: {:?} (share {share:.3})",
+            elsewhere <= total / 20 + noise,
+            "{host}: {kind} should run on worker {worker}: {:?}",
             d.iter().map(|w| w[k]).collect::<Vec<_>>()
         );
     }
 }
 
-/// Sends 48 MiB c1 → c2 once per worker, from a client port chosen to land on that worker, and
+/// Sends `bytes` c1 → c2 twice per worker, from a client port chosen to land on that worker, and
 /// checks both hosts' counters: all of the flow's work, both directions, on that worker.
 fn one_flow_per_worker(
     cluster: &mut Cluster,
@@ -152,8 +149,10 @@ fn one_flow_per_worker(
         assert_eq!(s.get("steering.taps_automatic"), Some(&0), "{s:?}");
     }
     let _servers = Servers::start(&c2, &[5201]);
-    for worker in 0..WORKERS {
-        let cport = port_on(src, dst, 5201, worker, 40000 + 100 * worker as u16);
+    // Two flows per worker, one after the other: a placement that ignored the hash would
+    // have to guess right four times on each host.
+    for (n, worker) in (0..2 * WORKERS).map(|n| (n as u16, n % WORKERS)) {
+        let cport = port_on(src, dst, 5201, worker, 40000 + 100 * n);
         let before: Vec<_> = cluster.agents.iter().map(per_worker).collect();
         let gbps = iperf3_clients(&c1, dst, &[(cport, 5201)], &format!("-n {bytes}"));
         let after: Vec<_> = cluster.agents.iter().map(per_worker).collect();
@@ -169,10 +168,26 @@ fn one_flow_per_worker(
             for k in 0..KINDS.len() {
                 assert!(d[worker][k] > 100, "{host}: {} moved: {d:?}", KINDS[k]);
             }
-            assert_on_worker(host, d, worker, 100);
+            assert_on_worker(host, d, worker, 40);
         }
     }
+    assert_none_elsewhere(cluster);
     (c1, c2, src, dst)
+}
+
+/// No datagram reached another worker than its flow's (a GRO train mixing flows would).
+fn assert_none_elsewhere(cluster: &Cluster) {
+    for agent in &cluster.agents {
+        let s = agent.stats();
+        for w in 0..WORKERS {
+            assert_eq!(
+                s.get(&format!("worker.{w}.udp_datagrams_other_worker")),
+                Some(&0),
+                "{}: {s:?}",
+                agent.name
+            );
+        }
+    }
 }
 
 /// Two hosts whose agents run [`WORKERS`] workers, `extra` flags added.
@@ -196,7 +211,7 @@ fn flows_stay_on_their_worker_and_spread() {
         return;
     }
     let mut cluster = two_hosts("st", &["--metrics", "127.0.0.1:9476"]);
-    let (c1, c2, src, dst) = one_flow_per_worker(&mut cluster, "steer", "10.61.0.0/24", "48M");
+    let (c1, c2, src, dst) = one_flow_per_worker(&mut cluster, "steer", "10.61.0.0/24", "32M");
 
     // Four flows, to four servers, with client ports that put two on each worker.
     let flows: Vec<(u16, u16)> = (0..4u16)
@@ -248,6 +263,7 @@ fn flows_stay_on_their_worker_and_spread() {
     for (w, counts) in after[0].iter().enumerate() {
         assert!(scraped(w) >= counts[0], "metrics as fresh as stats");
     }
+    assert_none_elsewhere(&cluster);
     assert!(
         text.contains("vxnet_steering_taps{mode=\"steered\"} 1"),
         "{text}"

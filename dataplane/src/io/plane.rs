@@ -36,8 +36,7 @@ pub struct DataPlaneConfig {
     pub vxlan_port: u16,
     /// Worker threads (each with its own TAP queue, receive socket and send sockets).
     pub workers: usize,
-    /// Send sockets on distinct source ports, shared out between the workers (at least one
-    /// each), picked by flow hash.
+    /// Send sockets on distinct source ports per worker, picked by the flow's steering bucket.
     pub send_sockets: usize,
     /// Receive buffer per receive socket (forced past `rmem_max` as root).
     pub rcvbuf_bytes: usize,
@@ -119,7 +118,7 @@ impl DataPlane {
         stats: Arc<StatsRegistry>,
     ) -> Result<DataPlane> {
         let workers = config.workers.max(1);
-        let per_worker = (config.send_sockets / workers).max(1);
+        let per_worker = config.send_sockets.max(1);
         let bind = SocketAddr::new(config.underlay, config.vxlan_port);
         // Bind order is the group's index order: all before any worker runs.
         let mut receivers = Vec::with_capacity(workers);
@@ -147,32 +146,45 @@ impl DataPlane {
         let mut epolls = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
         let mut src_ports = Vec::new();
-        for (index, rx) in receivers.into_iter().enumerate() {
-            let pool = SendPool::new(config.underlay, per_worker)?;
-            src_ports.extend(pool.src_ports());
-            let epoll = Arc::new(Epoll::new()?);
-            epoll.add(rx.as_raw_fd(), UDP_TOKEN)?;
-            let worker = Worker {
-                index,
-                epoll: Arc::clone(&epoll),
-                rx,
-                pool,
-                fib: Arc::clone(&fib),
-                taps: Arc::clone(&taps),
-                stop: Arc::clone(&stop),
-                stats: stats.register_worker(),
-                port: config.vxlan_port,
-                capture: Arc::clone(&capture),
-                offload: config.offload,
-                busy_poll: config.busy_poll,
-                faults: RefCell::new(FaultLog::new(index)),
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("vxnet-dp{index}"))
-                .spawn(move || worker.run())
-                .map_err(|e| IoError::os("spawn data plane worker", e))?;
-            epolls.push(epoll);
-            threads.push(thread);
+        let started = (|| -> Result<()> {
+            for (index, rx) in receivers.into_iter().enumerate() {
+                let pool = SendPool::new(config.underlay, per_worker)?;
+                src_ports.extend(pool.src_ports());
+                let epoll = Arc::new(Epoll::new()?);
+                epoll.add(rx.as_raw_fd(), UDP_TOKEN)?;
+                let worker = Worker {
+                    index,
+                    epoll: Arc::clone(&epoll),
+                    rx,
+                    pool,
+                    fib: Arc::clone(&fib),
+                    taps: Arc::clone(&taps),
+                    stop: Arc::clone(&stop),
+                    stats: stats.register_worker(),
+                    port: config.vxlan_port,
+                    capture: Arc::clone(&capture),
+                    offload: config.offload,
+                    busy_poll: config.busy_poll,
+                    workers,
+                    faults: RefCell::new(FaultLog::new(index)),
+                };
+                let thread = std::thread::Builder::new()
+                    .name(format!("vxnet-dp{index}"))
+                    .spawn(move || worker.run())
+                    .map_err(|e| IoError::os("spawn data plane worker", e))?;
+                epolls.push(epoll);
+                threads.push(thread);
+            }
+            Ok(())
+        })();
+        if let Err(e) = started {
+            // No half-started data plane: the workers already running stop and close their
+            // sockets.
+            stop.store(true, Ordering::Relaxed);
+            for thread in threads {
+                let _ = thread.join();
+            }
+            return Err(e);
         }
         Ok(DataPlane {
             config: DataPlaneConfig { workers, ..config },
@@ -234,8 +246,10 @@ impl DataPlane {
             multi_queue: true,
             offload: self.config.offload,
         };
-        // Queue i is the i-th opened: the index the steering program returns.
-        let first = Tap::open(tap_name, options)?;
+        // Queue i is the i-th opened: the index the steering program returns. A device left
+        // by a network just removed (a worker may still hold its queues for one burst) would
+        // put ours after its own and scramble the order when they close: wait for it to go.
+        let first = create_tap(tap_name, options)?;
         let mut queues = Vec::with_capacity(self.config.workers);
         for _ in 1..self.config.workers {
             queues.push(first.open_queue()?);
@@ -259,13 +273,19 @@ impl DataPlane {
             },
             Err(_) => false,
         };
-        let entry = Arc::new(NetworkTaps { queues, steered });
-        let mut next = TapTable::clone(&self.taps.load());
-        next.insert(vni, Arc::clone(&entry));
-        self.taps.store(Arc::new(next));
-        for (epoll, queue) in self.epolls.iter().zip(&entry.queues) {
-            epoll.add(queue.as_raw_fd(), TAP_TOKEN | u64::from(vni))?;
+        // Every worker watches its queue before the network is published, or none does: a
+        // queue nobody reads would black-hole the flows steered to it.
+        for (added, (epoll, queue)) in self.epolls.iter().zip(&queues).enumerate() {
+            if let Err(e) = epoll.add(queue.as_raw_fd(), TAP_TOKEN | u64::from(vni)) {
+                for (epoll, queue) in self.epolls.iter().zip(&queues).take(added) {
+                    epoll.delete(queue.as_raw_fd());
+                }
+                return Err(e);
+            }
         }
+        let mut next = TapTable::clone(&self.taps.load());
+        next.insert(vni, Arc::new(NetworkTaps { queues, steered }));
+        self.taps.store(Arc::new(next));
         Ok(())
     }
 
@@ -303,6 +323,20 @@ impl DataPlane {
 impl Drop for DataPlane {
     fn drop(&mut self) {
         self.stop_workers();
+    }
+}
+
+/// Creates the TAP `name`, waiting up to 2 s for a device of that name that is still going
+/// away.
+fn create_tap(name: &str, options: TapOptions) -> Result<Tap> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match Tap::create(name, options) {
+            Err(e) if e.errno() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 

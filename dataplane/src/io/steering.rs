@@ -15,10 +15,6 @@ const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_TEST_RUN: libc::c_int = 10;
 /// `BPF_PROG_TYPE_SOCKET_FILTER`: what `TUNSETSTEERINGEBPF` takes.
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
-/// `_IOR('T', 224, int)`.
-const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
-/// `SO_ATTACH_REUSEPORT_CBPF`.
-const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 /// Room for `union bpf_attr` as far as the commands used here reach; the rest stays zero,
 /// which every kernel accepts.
 const ATTR_LEN: usize = 128;
@@ -85,7 +81,7 @@ impl BpfProgram {
         let prog: libc::c_int = self.fd.as_raw_fd();
         // SAFETY: TUNSETSTEERINGEBPF reads one c_int (the program's fd) through the pointer,
         // which lives on our stack for the call.
-        let r = unsafe { libc::ioctl(queue_fd.as_raw_fd(), TUNSETSTEERINGEBPF, &prog) };
+        let r = unsafe { libc::ioctl(queue_fd.as_raw_fd(), libc::TUNSETSTEERINGEBPF, &prog) };
         if r < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -109,7 +105,7 @@ pub fn attach_reuseport_program(
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
             (&fprog as *const libc::sock_fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )

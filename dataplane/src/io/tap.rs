@@ -82,6 +82,17 @@ impl Tap {
     /// `name` may contain `%d` to let the kernel pick a number; [`Tap::name`] tells the result.
     /// The device is left down and unattached: use [`crate::io::Netlink::attach`].
     pub fn open(name: &str, options: TapOptions) -> Result<Tap> {
+        Self::open_with(name, options, false)
+    }
+
+    /// Like [`Tap::open`], but refuses (`EBUSY`) to attach to a device that already exists:
+    /// the queues opened next are then the device's queues 0, 1, … in order, which is what a
+    /// steering program's result indexes.
+    pub fn create(name: &str, options: TapOptions) -> Result<Tap> {
+        Self::open_with(name, options, true)
+    }
+
+    fn open_with(name: &str, options: TapOptions, exclusive: bool) -> Result<Tap> {
         check_ifname(name)?;
         if options.offload && !options.vnet_hdr {
             return Err(IoError::Invalid(
@@ -89,7 +100,7 @@ impl Tap {
                     .into(),
             ));
         }
-        let (file, name) = tunsetiff(name, options)?;
+        let (file, name) = tunsetiff(name, options, exclusive)?;
         let fd = file.as_raw_fd();
         if options.vnet_hdr {
             let size: libc::c_int = VNET_HDR_LEN as libc::c_int;
@@ -136,7 +147,7 @@ impl Tap {
                 self.name
             )));
         }
-        let (file, name) = tunsetiff(&self.name, self.options)?;
+        let (file, name) = tunsetiff(&self.name, self.options, false)?;
         Ok(Tap {
             file,
             name,
@@ -244,7 +255,7 @@ impl AsFd for Tap {
 }
 
 /// Opens /dev/net/tun and binds it to `name` with TUNSETIFF; returns the file and the real name.
-fn tunsetiff(name: &str, options: TapOptions) -> Result<(File, String)> {
+fn tunsetiff(name: &str, options: TapOptions, exclusive: bool) -> Result<(File, String)> {
     // SAFETY: TUN_PATH is a NUL-terminated C string; open has no other preconditions.
     let fd = unsafe { libc::open(TUN_PATH.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -264,6 +275,9 @@ fn tunsetiff(name: &str, options: TapOptions) -> Result<(File, String)> {
     }
     if options.multi_queue {
         flags |= libc::IFF_MULTI_QUEUE;
+    }
+    if exclusive {
+        flags |= libc::IFF_TUN_EXCL;
     }
     req.ifr_ifru.ifru_flags = flags as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one struct ifreq, which lives on our stack.

@@ -7,7 +7,11 @@
 //! flow stays on one worker and is never reordered, and workers share nothing on the packet
 //! path but the forwarding table, which they read lock-free: one snapshot load per batch.
 //! Datagrams of different steering buckets never share a GSO send (the receiver steers a whole
-//! GSO train by its first datagram).
+//! GSO train by its first datagram), and a flow's send socket is chosen by its bucket among the
+//! worker's 8, so that a receiver's GRO, which merges datagrams of one outer 4-tuple into one
+//! train, never mixes two of its workers' flows when its worker count divides 8. Datagrams that
+//! arrive on another worker than their flow's anyway are counted
+//! (`udp_datagrams_other_worker`).
 //!
 //! With [`DataPlaneConfig::offload`](super::DataPlaneConfig::offload) (the default) the TAPs
 //! carry a `virtio_net_hdr` and TCP super-frames of up to ~64 KiB:
@@ -76,8 +80,9 @@ const TAP_BURST: usize = 64;
 /// The epoll token of the worker's UDP socket; TAP tokens are `TAP_TOKEN | vni`.
 pub(super) const UDP_TOKEN: u64 = 1 << 40;
 pub(super) const TAP_TOKEN: u64 = 1 << 32;
-/// Destinations (VTEP × send socket × bucket) with datagrams waiting for one GSO send at a time.
-const TX_RUNS: usize = 8;
+/// Destinations (VTEP × send socket × bucket) with datagrams waiting for one GSO send at a time
+/// (a key more flushes them all: 16 keeps the many small flows of a busy host batched).
+const TX_RUNS: usize = 16;
 /// How often an idle worker checks whether it should stop.
 const IDLE_WAKE: Duration = Duration::from_millis(200);
 
@@ -96,6 +101,8 @@ pub(super) struct Worker {
     /// TAPs with vnet header and TSO; segmentation and coalescing on.
     pub(super) offload: bool,
     pub(super) busy_poll: Duration,
+    /// How many workers the data plane runs (this one is `index`).
+    pub(super) workers: usize,
     /// Failed calls: counted, and logged at most once a minute per kind. Only this worker's
     /// thread touches it.
     pub(super) faults: RefCell<FaultLog>,
@@ -287,6 +294,7 @@ impl Worker {
                 // One sender, one snapshot: datagrams with the headers of the previous one skip
                 // the table lookups.
                 let mut memo = IngressMemo::default();
+                let mut elsewhere = 0u64;
                 datagrams += meta.len.div_ceil(stride).max(1) as u32;
                 for datagram in empty.into_iter().chain(data.chunks(stride)) {
                     let IngressAction::Deliver { vni, frame } =
@@ -294,6 +302,11 @@ impl Worker {
                     else {
                         continue;
                     };
+                    if self.workers > 1
+                        && steer::worker_of(steer::bucket(frame), self.workers) != self.index
+                    {
+                        elsewhere += 1;
+                    }
                     if self.capture.is_active() {
                         self.capture.mirror(vni, Direction::Ingress, frame);
                     }
@@ -316,6 +329,7 @@ impl Worker {
                         },
                     }
                 }
+                self.stats.count_traffic(Traffic::UdpOtherWorker, elsewhere);
             }
             // Never hold a frame across receive batches.
             if let Some(coalescer) = coalescer {
@@ -479,18 +493,12 @@ impl Worker {
         }
         let bucket = steer::bucket(frame);
         match burst.router.egress(burst.fib, vni, buf, len, burst.now) {
-            EgressAction::Unicast {
-                vtep,
-                packet,
-                flow_hash,
-            } => self.queue(burst.pending, packet, self.tx_key(vtep, flow_hash, bucket)),
-            EgressAction::Flood {
-                vteps,
-                packet,
-                flow_hash,
-            } => {
+            EgressAction::Unicast { vtep, packet, .. } => {
+                self.queue(burst.pending, packet, self.tx_key(vtep, bucket))
+            }
+            EgressAction::Flood { vteps, packet, .. } => {
                 for &vtep in vteps {
-                    self.queue(burst.pending, packet, self.tx_key(vtep, flow_hash, bucket));
+                    self.queue(burst.pending, packet, self.tx_key(vtep, bucket));
                 }
             }
             EgressAction::Reply { frame } => self.write_reply(burst.tap, vni, frame),
@@ -514,16 +522,15 @@ impl Worker {
                 self.capture.mirror_parts(vni, Direction::Egress, &parts);
             }
         }
+        let bucket = steer::bucket(frame);
         let first_len = segments.first_len();
         let decision =
             burst
                 .router
                 .egress(burst.fib, vni, segments.first_mut(), first_len, burst.now);
-        let (target, flow_hash) = match decision {
-            EgressAction::Unicast {
-                vtep, flow_hash, ..
-            } => (SegmentTarget::Unicast(vtep), flow_hash),
-            EgressAction::Flood { flow_hash, .. } => (SegmentTarget::Flood, flow_hash),
+        let target = match decision {
+            EgressAction::Unicast { vtep, .. } => SegmentTarget::Unicast(vtep),
+            EgressAction::Flood { .. } => SegmentTarget::Flood,
             EgressAction::Reply { frame } => {
                 // A TCP segment is only ever answered with ICMP "fragmentation needed" (the
                 // router counted the first segment as too big): the others go with it.
@@ -545,10 +552,10 @@ impl Worker {
             table.counters().add_tx_many(rest, bytes);
         }
         match target {
-            SegmentTarget::Unicast(vtep) => self.send_segments(segments, frame, vtep, flow_hash),
+            SegmentTarget::Unicast(vtep) => self.send_segments(segments, frame, vtep, bucket),
             SegmentTarget::Flood => {
                 for &vtep in table.map(NetworkTable::flood_list).unwrap_or_default() {
-                    self.send_segments(segments, frame, vtep, flow_hash);
+                    self.send_segments(segments, frame, vtep, bucket);
                 }
             }
         }
@@ -557,8 +564,8 @@ impl Worker {
     /// Sends every segment of super-frame `frame` to `vtep` with UDP GSO (one system call per
     /// 64 segments / 64 KiB, payloads gathered from `frame`); counts the segments the kernel did
     /// not take.
-    fn send_segments(&self, segments: &SegmentBatch, frame: &[u8], vtep: IpAddr, flow_hash: u32) {
-        let socket = self.pool.index_for(u64::from(flow_hash));
+    fn send_segments(&self, segments: &SegmentBatch, frame: &[u8], vtep: IpAddr, bucket: u16) {
+        let socket = self.pool.index_for(u64::from(bucket));
         let total = segments.len();
         let Some(socket) = self.pool.sockets().get(socket) else {
             self.stats
@@ -588,10 +595,10 @@ impl Worker {
         pending.push(key, packet, &mut |run| self.send_run(run));
     }
 
-    /// Where a flow's datagrams for `vtep` leave: the VTEP, the flow's send socket and its
-    /// steering bucket.
-    fn tx_key(&self, vtep: IpAddr, flow_hash: u32, bucket: u16) -> TxKey {
-        (vtep, self.pool.index_for(u64::from(flow_hash)), bucket)
+    /// Where a flow's datagrams for `vtep` leave: the VTEP, the flow's send socket (chosen by
+    /// bucket: see [`SendPool`]'s use in the module docs) and its steering bucket.
+    fn tx_key(&self, vtep: IpAddr, bucket: u16) -> TxKey {
+        (vtep, self.pool.index_for(u64::from(bucket)), bucket)
     }
 
     /// Sends every queued datagram.
