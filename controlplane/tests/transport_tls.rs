@@ -258,6 +258,37 @@ async fn send_until(
 }
 
 /// Everything queued on `rx` right now, without waiting.
+/// Node 1 (`member`) and node 2 (`stranger`) refuse each other's certificates both ways: each
+/// one's Raft messages to the other are dropped once the other refused the handshake, and
+/// neither delivers a message or accepts a TLS connection.
+async fn refused_both_ways(
+    stranger_is: &str,
+    (member, rx_member): (&Transport, &mut Receiver<Inbound>),
+    (stranger, rx_stranger): (&Transport, &mut Receiver<Inbound>),
+) {
+    // Stranger → member: node 1 refuses the client certificate.
+    send_until(
+        &format!("node 1 refused the certificate of {stranger_is}"),
+        stranger,
+        |i| raft_msg(2, 1, i),
+        || member.stats().handshakes_refused >= 1 && stranger.stats().raft_send_dropped >= 1,
+    )
+    .await;
+    // Member → stranger: node 1 refuses the server certificate.
+    send_until(
+        &format!("node 1 refused to talk to {stranger_is}"),
+        member,
+        |i| raft_msg(1, 2, i),
+        || stranger.stats().handshakes_refused >= 1 && member.stats().raft_send_dropped >= 1,
+    )
+    .await;
+    assert_nothing_delivered(rx_member).await;
+    assert_nothing_delivered(rx_stranger).await;
+    let (sm, ss) = (member.stats(), stranger.stats());
+    assert_eq!((sm.raft_delivered, sm.tls_accepted), (0, 0), "{sm:?}");
+    assert_eq!((ss.raft_delivered, ss.tls_accepted), (0, 0), "{ss:?}");
+}
+
 fn queued(rx: &mut Receiver<Inbound>) -> Vec<Inbound> {
     let mut out = Vec::new();
     while let Ok(item) = rx.try_recv() {
@@ -713,35 +744,9 @@ async fn ca_signed_cert_with_unpinned_key_is_refused() {
     imp.set_peers(peers(&[(1, &a)]));
     a.set_peers(peers(&[(2, &imp)]));
 
-    // Impostor → member: node 1 refuses the client certificate.
-    send_until(
-        "node 1 refused the impostor's certificate",
-        &imp,
-        |i| raft_msg(2, 1, i),
-        || a.stats().handshakes_refused >= 1 && imp.stats().raft_send_dropped >= 1,
-    )
-    .await;
-    // Member → impostor: node 1 refuses the server certificate.
-    send_until(
-        "node 1 refused to talk to the impostor",
-        &a,
-        |i| raft_msg(1, 2, i),
-        || imp.stats().handshakes_refused >= 1 && a.stats().raft_send_dropped >= 1,
-    )
-    .await;
-    assert_nothing_delivered(&mut rx_a).await;
-    assert_nothing_delivered(&mut rx_imp).await;
+    refused_both_ways("the impostor", (&a, &mut rx_a), (&imp, &mut rx_imp)).await;
     let (sa, si) = (a.stats(), imp.stats());
-    assert_eq!(
-        (sa.raft_delivered, sa.tls_accepted, sa.raft_sent),
-        (0, 0, 0),
-        "{sa:?}"
-    );
-    assert_eq!(
-        (si.raft_delivered, si.tls_accepted, si.raft_sent),
-        (0, 0, 0),
-        "{si:?}"
-    );
+    assert_eq!((sa.raft_sent, si.raft_sent), (0, 0), "{sa:?} {si:?}");
     // A pin mismatch is no revocation: nobody was told it was removed.
     assert!(
         !queued(&mut rx_imp)
@@ -773,25 +778,7 @@ async fn certificate_of_another_ca_is_refused() {
     imp.set_peers(peers(&[(1, &a)]));
     a.set_peers(peers(&[(2, &imp)]));
 
-    send_until(
-        "node 1 refused a certificate of another CA",
-        &imp,
-        |i| raft_msg(2, 1, i),
-        || a.stats().handshakes_refused >= 1 && imp.stats().raft_send_dropped >= 1,
-    )
-    .await;
-    send_until(
-        "node 1 refused to talk to a server of another CA",
-        &a,
-        |i| raft_msg(1, 2, i),
-        || imp.stats().handshakes_refused >= 1 && a.stats().raft_send_dropped >= 1,
-    )
-    .await;
-    assert_nothing_delivered(&mut rx_a).await;
-    assert_nothing_delivered(&mut rx_imp).await;
-    let (sa, si) = (a.stats(), imp.stats());
-    assert_eq!((sa.raft_delivered, sa.tls_accepted), (0, 0), "{sa:?}");
-    assert_eq!((si.raft_delivered, si.tls_accepted), (0, 0), "{si:?}");
+    refused_both_ways("a peer of another CA", (&a, &mut rx_a), (&imp, &mut rx_imp)).await;
 
     // Control: trusting that CA too (as during a rotation) admits the same certificate.
     let mut both = view;

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::sec_join::{run_until_exit, set_token};
-use crate::sec_renew::Writer;
+use crate::support::writer::{Writer, assert_writes_ok};
 use crate::support::*;
 use serde_json::Value;
 use vxnet_controlplane::transport::pki::{cert_digest, certs_from_pem};
@@ -80,19 +80,7 @@ fn ca_rotation_without_an_outage() {
     if !require_root(TEST) {
         return;
     }
-    // Four hosts built, three started: h4 is the joiner.
-    let mut cluster = Cluster::new(
-        "scr",
-        ClusterOptions {
-            hosts: 4,
-            start_agents: false,
-            ..ClusterOptions::default()
-        },
-    );
-    for i in 0..3 {
-        cluster.agents[i].start();
-        cluster.wait_api(i);
-    }
+    let mut cluster = Cluster::with_joiner("scr");
     let names: Vec<String> = cluster.agents.iter().map(|a| a.name.clone()).collect();
     let (h1, h2, h3) = (names[0].as_str(), names[1].as_str(), names[2].as_str());
     for i in 0..3 {
@@ -293,10 +281,5 @@ fn ca_rotation_without_an_outage() {
         names[writing],
         errors.len()
     );
-    assert!(ok > 20, "the writer made progress: {ok} writes");
-    assert!(
-        errors.is_empty(),
-        "writes failed through {}: {errors:#?}",
-        names[writing]
-    );
+    assert_writes_ok(ok, &errors, &names[writing]);
 }

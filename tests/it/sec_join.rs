@@ -6,10 +6,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::writer::{Writer, assert_writes_ok};
 use crate::support::*;
 use vxnet_controlplane::transport::pki::{cert_digest, certs_from_pem};
 use vxnet_controlplane::transport::token::JoinToken;
@@ -62,18 +61,7 @@ fn joins_need_the_current_token_and_refusals_are_final() {
     if !require_root("joins_need_the_current_token_and_refusals_are_final") {
         return;
     }
-    let mut cluster = Cluster::new(
-        "sjn",
-        ClusterOptions {
-            hosts: 4,
-            start_agents: false,
-            ..ClusterOptions::default()
-        },
-    );
-    for i in 0..3 {
-        cluster.agents[i].start();
-        cluster.wait_api(i);
-    }
+    let mut cluster = Cluster::with_joiner("sjn");
     wait_for("3 members everywhere", Duration::from_secs(30), || {
         (0..3)
             .all(|i| cluster.agents[i].members().is_some_and(|m| m.len() == 3))
@@ -115,38 +103,7 @@ fn joins_need_the_current_token_and_refusals_are_final() {
     }
 
     // A writer through a follower for the whole test: the refusals must cost it nothing.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let writer = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let h2 = (
-            cluster.agents[1].api.clone(),
-            std::path::PathBuf::from(env!("CARGO_BIN_EXE_vxnet")),
-        );
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                // Create a network, then remove it: every write must succeed.
-                let name = format!("w{}", n / 2);
-                let verb = if n.is_multiple_of(2) { "create" } else { "rm" };
-                n += 1;
-                let out = std::process::Command::new(&h2.1)
-                    .arg("-H")
-                    .arg(&h2.0)
-                    .args(["network", verb, &name])
-                    .output()
-                    .expect("vxnet");
-                if out.status.success() {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    errors.push(String::from_utf8_lossy(&out.stderr).to_string());
-                }
-            }
-            errors
-        })
-    };
+    let writer = Writer::start(&cluster.agents[1].api, "join-w");
 
     // The 4th host, refused every way, each within 5 s, final (exit 78), with the reason.
     let other_cluster = format!("VXN1-{}-{}", "a".repeat(52), &token[58..]);
@@ -244,10 +201,10 @@ fn joins_need_the_current_token_and_refusals_are_final() {
     });
     cluster.agents[3].vxnet(&["network", "create", "from-h4"]);
 
-    stop.store(true, Ordering::Relaxed);
-    let errors = writer.join().expect("writer");
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("sec_join: writer through h2: {ok} writes committed, {failed} failed");
-    assert!(ok > 20, "the writer made progress: {ok}");
-    assert_eq!(failed, 0, "writes failed meanwhile: {errors:?}");
+    let (ok, errors) = writer.finish();
+    eprintln!(
+        "sec_join: writer through h2: {ok} writes committed, {} failed",
+        errors.len()
+    );
+    assert_writes_ok(ok, &errors, "h2");
 }

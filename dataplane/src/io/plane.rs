@@ -79,8 +79,6 @@ pub struct SteeringStatus {
     /// attached): a flow's egress follows its ingress after the first packet back. Zero with
     /// one worker, where there is nothing to steer.
     pub taps_automatic: usize,
-    /// Why the TAP program is not in use, if it is not.
-    pub tap_program_error: Option<String>,
 }
 
 /// The queues of one network's TAP, one per worker.
@@ -104,7 +102,8 @@ pub struct DataPlane {
     control: Mutex<()>,
     src_ports: Vec<u16>,
     capture: Arc<CaptureHub>,
-    tap_program: std::result::Result<BpfProgram, String>,
+    /// The TAPs' queue selector; none with one worker, or if the kernel refused it (logged).
+    tap_program: Option<BpfProgram>,
     reuseport_program: bool,
     /// TAPs the program failed to attach to (the first failure is logged).
     attach_failures: AtomicUsize,
@@ -128,18 +127,18 @@ impl DataPlane {
             receivers.push(rx);
         }
         let reuseport_program = workers > 1 && steer_receivers(&receivers, workers);
-        let tap_program = if workers > 1 {
-            BpfProgram::load_socket_filter(&steer::tap_program(workers as u32))
-                .map_err(|e| e.to_string())
-        } else {
-            Err("one worker: nothing to steer".into())
-        };
-        if let (true, Err(e)) = (workers > 1, &tap_program) {
-            tracing::warn!(
-                "TAP flow steering unavailable ({e}): TAPs use the kernel's automatic steering, \
-                 which follows each flow's ingress"
-            );
-        }
+        let tap_program = (workers > 1)
+            .then(|| BpfProgram::load_socket_filter(&steer::tap_program(workers as u32)))
+            .and_then(|loaded| {
+                loaded
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "TAP flow steering unavailable ({e}): TAPs use the kernel's \
+                             automatic steering, which follows each flow's ingress"
+                        )
+                    })
+                    .ok()
+            });
         let taps: Arc<ArcSwap<TapTable>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let capture = Arc::new(CaptureHub::new());
@@ -229,7 +228,6 @@ impl DataPlane {
             reuseport_program: self.reuseport_program,
             taps_steered: steered,
             taps_automatic: automatic,
-            tap_program_error: self.tap_program.as_ref().err().cloned(),
         }
     }
 
@@ -259,7 +257,7 @@ impl DataPlane {
             queue.set_nonblocking(true)?;
         }
         let steered = match &self.tap_program {
-            Ok(program) => match program.attach_to_tap(&queues[0]) {
+            Some(program) => match program.attach_to_tap(&queues[0]) {
                 Ok(()) => true,
                 Err(e) => {
                     if self.attach_failures.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -271,7 +269,7 @@ impl DataPlane {
                     false
                 }
             },
-            Err(_) => false,
+            None => false,
         };
         // Every worker watches its queue before the network is published, or none does: a
         // queue nobody reads would black-hole the flows steered to it.

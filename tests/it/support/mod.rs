@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod cni;
 pub mod docker;
+pub mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -282,6 +283,24 @@ impl Default for ClusterOptions {
 static TAGS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 impl Cluster {
+    /// Four hosts, three of them started and serving their API: h4 is a joiner the test
+    /// starts itself.
+    pub fn with_joiner(tag: &str) -> Cluster {
+        let mut cluster = Cluster::new(
+            tag,
+            ClusterOptions {
+                hosts: 4,
+                start_agents: false,
+                ..ClusterOptions::default()
+            },
+        );
+        for i in 0..3 {
+            cluster.agents[i].start();
+            cluster.wait_api(i);
+        }
+        cluster
+    }
+
     /// Builds `hosts` host namespaces on a switch and starts one agent per host: the first
     /// bootstraps, the others join it. `tag` names the test (2–3 characters, unique across the
     /// test binary).
