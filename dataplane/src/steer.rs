@@ -1,5 +1,5 @@
-//! Which worker owns a flow: one symmetric hash of the inner IPv4 5-tuple, computed in three
-//! places that must agree bit for bit.
+//! Which worker owns a flow: one symmetric hash of the inner IPv4 or IPv6 5-tuple, computed in
+//! three places that must agree bit for bit.
 //!
 //! - the kernel, before a frame enters a TAP queue: [`tap_program`], an eBPF socket-filter
 //!   program attached with `TUNSETSTEERINGEBPF` (the TAP calls it to pick the queue);
@@ -15,9 +15,10 @@
 //! worker whatever the number of workers on either host.
 //!
 //! The hash reads raw bytes, exactly as the BPF programs do (no validation beyond the bounds):
-//! a frame the programs cannot read to the end — truncated, not IPv4 — is bucket 0, which is
-//! what the programs return for it. Only the definition lives here; loading and attaching is
-//! [`crate::io::steering`].
+//! a frame the programs cannot read to the end — truncated, neither IPv4 nor IPv6 — is bucket 0,
+//! which is what the programs return for it. IPv6 ports are read right behind the fixed header:
+//! a packet with extension headers (a fragment, say) hashes on its addresses and next header.
+//! Only the definition lives here; loading and attaching is [`crate::io::steering`].
 
 /// The multiplier of the mix (2^32 / φ): spreads the XOR of the tuple over all 32 bits.
 pub const GOLDEN: u32 = 0x9E37_79B1;
@@ -27,6 +28,11 @@ pub const BUCKET_MASK: u32 = 0x3fff;
 pub const VXLAN_HEADER: u32 = 8;
 
 const ETHERTYPE_IPV4: u32 = 0x0800;
+const ETHERTYPE_IPV6: u32 = 0x86dd;
+/// The IPv6 header's next-header field, addresses (eight 32-bit words) and first byte behind it.
+const IPV6_NEXT_HEADER: u32 = 6;
+const IPV6_ADDRESSES: u32 = 8;
+const IPV6_HEADER: u32 = 40;
 const ETH_HEADER: u32 = 14;
 const TCP: u32 = 6;
 const UDP: u32 = 17;
@@ -52,6 +58,27 @@ pub fn ipv4_flow_bucket(
     (mix(h) & BUCKET_MASK) as u16
 }
 
+/// [`ipv4_flow_bucket`] for an IPv6 flow without extension headers.
+pub fn ipv6_flow_bucket(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    next_header: u8,
+    sport: u16,
+    dport: u16,
+) -> u16 {
+    let words = |a: std::net::Ipv6Addr| {
+        let o = a.octets();
+        (0..4).fold(0u32, |h, i| {
+            h ^ u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+        })
+    };
+    let mut h = words(src) ^ words(dst) ^ u32::from(next_header);
+    if u32::from(next_header) == TCP || u32::from(next_header) == UDP {
+        h ^= u32::from(sport ^ dport);
+    }
+    (mix(h) & BUCKET_MASK) as u16
+}
+
 /// The worker of `bucket` among `workers` (at least one).
 pub fn worker_of(bucket: u16, workers: usize) -> usize {
     usize::from(bucket) % workers.max(1)
@@ -62,25 +89,40 @@ fn mix(h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// `saddr ^ daddr ^ proto`, and `^ (sport ^ dport)` for the first fragment (or only piece) of
-/// TCP and UDP; `None` for frames the programs return 0 for.
+/// IPv4: `saddr ^ daddr ^ proto`, and `^ (sport ^ dport)` for the first fragment (or only
+/// piece) of TCP and UDP. IPv6: the XOR of the addresses' eight 32-bit words `^ next_header`,
+/// and `^ (sport ^ dport)` when the next header is TCP or UDP. `None` for frames the programs
+/// return 0 for.
 fn tuple_hash(frame: &[u8]) -> Option<u32> {
     let at = |offset: u32, len: usize| -> Option<u32> {
         let start = offset as usize;
         let bytes = frame.get(start..start.checked_add(len)?)?;
         Some(bytes.iter().fold(0u32, |acc, &b| acc << 8 | u32::from(b)))
     };
-    if at(12, 2)? != ETHERTYPE_IPV4 {
-        return None;
-    }
     let ip = ETH_HEADER;
-    let proto = at(ip + 9, 1)?;
-    let mut h = at(ip + 12, 4)? ^ at(ip + 16, 4)? ^ proto;
-    if (proto == TCP || proto == UDP) && at(ip + 6, 2)? & FRAG_OFFSET == 0 {
-        let ihl = (at(ip, 1)? & 0xf) * 4;
-        h ^= at(ip + ihl, 2)? ^ at(ip + ihl + 2, 2)?;
+    match at(12, 2)? {
+        ETHERTYPE_IPV4 => {
+            let proto = at(ip + 9, 1)?;
+            let mut h = at(ip + 12, 4)? ^ at(ip + 16, 4)? ^ proto;
+            if (proto == TCP || proto == UDP) && at(ip + 6, 2)? & FRAG_OFFSET == 0 {
+                let ihl = (at(ip, 1)? & 0xf) * 4;
+                h ^= at(ip + ihl, 2)? ^ at(ip + ihl + 2, 2)?;
+            }
+            Some(h)
+        }
+        ETHERTYPE_IPV6 => {
+            let next = at(ip + IPV6_NEXT_HEADER, 1)?;
+            let mut h = next;
+            for word in 0..8 {
+                h ^= at(ip + IPV6_ADDRESSES + 4 * word, 4)?;
+            }
+            if next == TCP || next == UDP {
+                h ^= at(ip + IPV6_HEADER, 2)? ^ at(ip + IPV6_HEADER + 2, 2)?;
+            }
+            Some(h)
+        }
+        _ => None,
     }
-    Some(h)
 }
 
 // `struct bpf_insn` packs the registers as bitfields, whose order follows the byte order:
@@ -121,6 +163,7 @@ mod ebpf {
     pub const JEQ_K: u8 = 0x15;
     pub const JNE_K: u8 = 0x55;
     pub const JSET_K: u8 = 0x45;
+    pub const JA: u8 = 0x05;
     pub const EXIT: u8 = 0x95;
 
     pub const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> BpfInsn {
@@ -138,10 +181,82 @@ mod ebpf {
 ///
 /// The TAP truncates the result to 16 bits and takes it modulo its queue count itself; the
 /// program does the modulo so both are no-ops. `LD_ABS`/`LD_IND` need the context in r6 and
-/// clobber r1–r5, so the state lives in r7 (hash), r8 (protocol, then ports) and r9 (IP
-/// header length); a load past the end of the frame ends the program with 0.
+/// clobber r1–r5, so the state lives in r7 (hash), r8 (protocol, then ports) and r9 (IPv4
+/// header length, IPv6 ports); a load past the end of the frame ends the program with 0.
 pub fn tap_program(queues: u32) -> Vec<BpfInsn> {
     ebpf_program(0, queues)
+}
+
+/// Where the steering programs' jumps go, resolved once the program is laid out.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Label {
+    /// The IPv6 branch.
+    Ipv6,
+    /// IPv4 TCP or UDP: the fragment check and the ports.
+    Ports,
+    /// IPv6 TCP or UDP: the ports.
+    Ipv6Ports,
+    /// IPv6: the hash is in X (classic program only).
+    Ipv6Done,
+    /// The hash is complete: mix, mask, modulo.
+    Mix,
+    /// Return 0.
+    Ret0,
+}
+
+/// Instruction indices of each [`Label`], and the jumps to patch once they are all known.
+struct Layout<T> {
+    insns: Vec<T>,
+    labels: Vec<(Label, usize)>,
+    /// A jump's instruction index, its label, and whether it goes there when its condition
+    /// holds (classic BPF's `jt`) or when it does not (`jf`).
+    jumps: Vec<(usize, Label, bool)>,
+}
+
+impl<T> Layout<T> {
+    fn new() -> Self {
+        Layout {
+            insns: Vec::with_capacity(64),
+            labels: Vec::new(),
+            jumps: Vec::new(),
+        }
+    }
+
+    fn here(&mut self, label: Label) {
+        self.labels.push((label, self.insns.len()));
+    }
+
+    fn push(&mut self, insn: T) {
+        self.insns.push(insn);
+    }
+
+    /// Pushes a jump to `label`, taken when its condition holds (or always).
+    fn jump(&mut self, insn: T, label: Label) {
+        self.jumps.push((self.insns.len(), label, true));
+        self.insns.push(insn);
+    }
+
+    /// Pushes a classic conditional jump to `label`, taken when its condition does not hold.
+    fn jump_unless(&mut self, insn: T, label: Label) {
+        self.jumps.push((self.insns.len(), label, false));
+        self.insns.push(insn);
+    }
+
+    /// Patches every jump: `patch` gets the instruction, the distance (target minus the next
+    /// instruction's index: only forward jumps are laid out) and the branch.
+    fn finish(mut self, patch: impl Fn(&mut T, usize, bool)) -> Vec<T> {
+        for &(at, label, taken) in &self.jumps {
+            let target = self
+                .labels
+                .iter()
+                .find(|(l, _)| *l == label)
+                .map(|&(_, i)| i)
+                .expect("every jump's label is laid out");
+            assert!(target > at, "steering programs only jump forward");
+            patch(&mut self.insns[at], target - at - 1, taken);
+        }
+        self.insns
+    }
 }
 
 /// [`tap_program`] for a frame starting at byte `eth` of the program's data.
@@ -149,48 +264,70 @@ pub fn ebpf_program(eth: u32, modulo: u32) -> Vec<BpfInsn> {
     use ebpf::*;
     let e = eth as i32;
     let ip = e + ETH_HEADER as i32;
-    let golden = GOLDEN as i32;
-    // Instruction indices the jumps go to.
-    const PORTS: i16 = 12;
-    const MIX: i16 = 23;
-    const RET0: i16 = 31;
-    let program = vec![
-        insn(MOV64_X, 6, 1, 0, 0),                          // 0: r6 = ctx
-        insn(LD_ABS_H, 0, 0, 0, e + 12),                    // 1: ethertype
-        insn(JNE_K, 0, 0, RET0 - 3, ETHERTYPE_IPV4 as i32), // 2
-        insn(LD_ABS_B, 0, 0, 0, ip + 9),                    // 3: protocol
-        insn(MOV32_X, 8, 0, 0, 0),                          // 4
-        insn(LD_ABS_W, 0, 0, 0, ip + 12),                   // 5: source address
-        insn(MOV32_X, 7, 0, 0, 0),                          // 6
-        insn(LD_ABS_W, 0, 0, 0, ip + 16),                   // 7: destination address
-        insn(XOR32_X, 7, 0, 0, 0),                          // 8
-        insn(XOR32_X, 7, 8, 0, 0),                          // 9
-        insn(JEQ_K, 8, 0, PORTS - 11, TCP as i32),          // 10
-        insn(JNE_K, 8, 0, MIX - 12, UDP as i32),            // 11
-        insn(LD_ABS_H, 0, 0, 0, ip + 6),                    // 12: flags, fragment offset
-        insn(JSET_K, 0, 0, MIX - 14, FRAG_OFFSET as i32),   // 13
-        insn(LD_ABS_B, 0, 0, 0, ip),                        // 14: version, header length
-        insn(AND32_K, 0, 0, 0, 0xf),                        // 15
-        insn(LSH32_K, 0, 0, 0, 2),                          // 16
-        insn(MOV64_X, 9, 0, 0, 0),                          // 17: r9 = header length
-        insn(LD_IND_H, 0, 9, 0, ip),                        // 18: source port
-        insn(MOV32_X, 8, 0, 0, 0),                          // 19
-        insn(LD_IND_H, 0, 9, 0, ip + 2),                    // 20: destination port
-        insn(XOR32_X, 8, 0, 0, 0),                          // 21
-        insn(XOR32_X, 7, 8, 0, 0),                          // 22
-        insn(MOV32_X, 0, 7, 0, 0),                          // 23: mix
-        insn(MUL32_K, 0, 0, 0, golden),                     // 24
-        insn(MOV32_X, 1, 0, 0, 0),                          // 25
-        insn(RSH32_K, 1, 0, 0, 16),                         // 26
-        insn(XOR32_X, 0, 1, 0, 0),                          // 27
-        insn(AND32_K, 0, 0, 0, BUCKET_MASK as i32),         // 28
-        insn(MOD32_K, 0, 0, 0, modulo.max(1) as i32),       // 29
-        insn(EXIT, 0, 0, 0, 0),                             // 30
-        insn(MOV64_K, 0, 0, 0, 0),                          // 31: return 0
-        insn(EXIT, 0, 0, 0, 0),                             // 32
-    ];
-    debug_assert_eq!(program.len(), RET0 as usize + 2);
-    program
+    let mut p = Layout::new();
+    p.push(insn(MOV64_X, 6, 1, 0, 0)); // r6 = ctx
+    p.push(insn(LD_ABS_H, 0, 0, 0, e + 12)); // ethertype
+    p.jump(insn(JEQ_K, 0, 0, 0, ETHERTYPE_IPV6 as i32), Label::Ipv6);
+    p.jump(insn(JNE_K, 0, 0, 0, ETHERTYPE_IPV4 as i32), Label::Ret0);
+    // IPv4: r7 = saddr ^ daddr ^ protocol.
+    p.push(insn(LD_ABS_B, 0, 0, 0, ip + 9));
+    p.push(insn(MOV32_X, 8, 0, 0, 0));
+    p.push(insn(LD_ABS_W, 0, 0, 0, ip + 12));
+    p.push(insn(MOV32_X, 7, 0, 0, 0));
+    p.push(insn(LD_ABS_W, 0, 0, 0, ip + 16));
+    p.push(insn(XOR32_X, 7, 0, 0, 0));
+    p.push(insn(XOR32_X, 7, 8, 0, 0));
+    p.jump(insn(JEQ_K, 8, 0, 0, TCP as i32), Label::Ports);
+    p.jump(insn(JNE_K, 8, 0, 0, UDP as i32), Label::Mix);
+    p.here(Label::Ports);
+    p.push(insn(LD_ABS_H, 0, 0, 0, ip + 6)); // flags, fragment offset
+    p.jump(insn(JSET_K, 0, 0, 0, FRAG_OFFSET as i32), Label::Mix);
+    p.push(insn(LD_ABS_B, 0, 0, 0, ip)); // version, header length
+    p.push(insn(AND32_K, 0, 0, 0, 0xf));
+    p.push(insn(LSH32_K, 0, 0, 0, 2));
+    p.push(insn(MOV64_X, 9, 0, 0, 0)); // r9 = header length
+    p.push(insn(LD_IND_H, 0, 9, 0, ip)); // source port
+    p.push(insn(MOV32_X, 8, 0, 0, 0));
+    p.push(insn(LD_IND_H, 0, 9, 0, ip + 2)); // destination port
+    p.push(insn(XOR32_X, 8, 0, 0, 0));
+    p.push(insn(XOR32_X, 7, 8, 0, 0));
+    p.jump(insn(JA, 0, 0, 0, 0), Label::Mix);
+    // IPv6: r7 = next header ^ the eight address words.
+    p.here(Label::Ipv6);
+    p.push(insn(LD_ABS_B, 0, 0, 0, ip + IPV6_NEXT_HEADER as i32));
+    p.push(insn(MOV32_X, 8, 0, 0, 0));
+    p.push(insn(MOV32_X, 7, 0, 0, 0));
+    for word in 0..8 {
+        p.push(insn(
+            LD_ABS_W,
+            0,
+            0,
+            0,
+            ip + (IPV6_ADDRESSES + 4 * word) as i32,
+        ));
+        p.push(insn(XOR32_X, 7, 0, 0, 0));
+    }
+    p.jump(insn(JEQ_K, 8, 0, 0, TCP as i32), Label::Ipv6Ports);
+    p.jump(insn(JNE_K, 8, 0, 0, UDP as i32), Label::Mix);
+    p.here(Label::Ipv6Ports);
+    p.push(insn(LD_ABS_H, 0, 0, 0, ip + IPV6_HEADER as i32)); // source port
+    p.push(insn(MOV32_X, 9, 0, 0, 0));
+    p.push(insn(LD_ABS_H, 0, 0, 0, ip + IPV6_HEADER as i32 + 2)); // destination port
+    p.push(insn(XOR32_X, 9, 0, 0, 0));
+    p.push(insn(XOR32_X, 7, 9, 0, 0));
+    p.here(Label::Mix);
+    p.push(insn(MOV32_X, 0, 7, 0, 0));
+    p.push(insn(MUL32_K, 0, 0, 0, GOLDEN as i32));
+    p.push(insn(MOV32_X, 1, 0, 0, 0));
+    p.push(insn(RSH32_K, 1, 0, 0, 16));
+    p.push(insn(XOR32_X, 0, 1, 0, 0));
+    p.push(insn(AND32_K, 0, 0, 0, BUCKET_MASK as i32));
+    p.push(insn(MOD32_K, 0, 0, 0, modulo.max(1) as i32));
+    p.push(insn(EXIT, 0, 0, 0, 0));
+    p.here(Label::Ret0);
+    p.push(insn(MOV64_K, 0, 0, 0, 0));
+    p.push(insn(EXIT, 0, 0, 0, 0));
+    p.finish(|insn, distance, _| insn.off = distance as i16)
 }
 
 /// One classic BPF instruction, as `struct sock_filter` lays it out.
@@ -243,6 +380,8 @@ pub mod cbpf {
     pub const TAX: u16 = 0x07;
     /// `A = X`.
     pub const TXA: u16 = 0x87;
+    /// Jump `k` instructions ahead.
+    pub const JA: u16 = 0x05;
     /// Return `A`.
     pub const RET_A: u16 = 0x16;
     /// Return `k`.
@@ -259,46 +398,86 @@ pub mod cbpf {
 /// 4-tuple hash, which `% sockets` prevents.
 pub fn reuseport_program(sockets: u32) -> Vec<SockFilter> {
     use cbpf::*;
-    let c = |code, jt, jf, k| SockFilter { code, jt, jf, k };
+    let c = |code, k| SockFilter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
     let e = VXLAN_HEADER;
     let ip = e + ETH_HEADER;
-    vec![
-        c(LD_H_ABS, 0, 0, e + 12),       // 0: ethertype
-        c(JEQ_K, 0, 32, ETHERTYPE_IPV4), // 1: not IPv4 -> 34
-        c(LD_B_ABS, 0, 0, ip + 9),       // 2: protocol
-        c(ST, 0, 0, 0),                  // 3: M0 = protocol
-        c(LD_W_ABS, 0, 0, ip + 12),      // 4: source address
-        c(ST, 0, 0, 1),                  // 5
-        c(LD_W_ABS, 0, 0, ip + 16),      // 6: destination address
-        c(LDX_MEM, 0, 0, 1),             // 7
-        c(XOR_X, 0, 0, 0),               // 8
-        c(LDX_MEM, 0, 0, 0),             // 9
-        c(XOR_X, 0, 0, 0),               // 10
-        c(ST, 0, 0, 1),                  // 11: M1 = saddr ^ daddr ^ protocol
-        c(TXA, 0, 0, 0),                 // 12: A = protocol
-        c(JEQ_K, 1, 0, TCP),             // 13: TCP -> 15
-        c(JEQ_K, 0, 11, UDP),            // 14: neither -> 26
-        c(LD_H_ABS, 0, 0, ip + 6),       // 15: flags, fragment offset
-        c(JSET_K, 9, 0, FRAG_OFFSET),    // 16: a later fragment -> 26
-        c(LDX_B_MSH, 0, 0, ip),          // 17: X = header length
-        c(LD_H_IND, 0, 0, ip),           // 18: source port
-        c(ST, 0, 0, 2),                  // 19
-        c(LD_H_IND, 0, 0, ip + 2),       // 20: destination port
-        c(LDX_MEM, 0, 0, 2),             // 21
-        c(XOR_X, 0, 0, 0),               // 22
-        c(LDX_MEM, 0, 0, 1),             // 23
-        c(XOR_X, 0, 0, 0),               // 24
-        c(ST, 0, 0, 1),                  // 25
-        c(LD_MEM, 0, 0, 1),              // 26: mix
-        c(MUL_K, 0, 0, GOLDEN),          // 27
-        c(TAX, 0, 0, 0),                 // 28
-        c(RSH_K, 0, 0, 16),              // 29
-        c(XOR_X, 0, 0, 0),               // 30
-        c(AND_K, 0, 0, BUCKET_MASK),     // 31
-        c(MOD_K, 0, 0, sockets.max(1)),  // 32
-        c(RET_A, 0, 0, 0),               // 33
-        c(RET_K, 0, 0, 0),               // 34: socket 0
-    ]
+    let mut p = Layout::new();
+    p.push(c(LD_H_ABS, e + 12)); // ethertype
+    p.jump(c(JEQ_K, ETHERTYPE_IPV6), Label::Ipv6);
+    p.jump_unless(c(JEQ_K, ETHERTYPE_IPV4), Label::Ret0);
+    // IPv4: M1 = saddr ^ daddr ^ protocol, M0 = protocol.
+    p.push(c(LD_B_ABS, ip + 9));
+    p.push(c(ST, 0));
+    p.push(c(LD_W_ABS, ip + 12));
+    p.push(c(ST, 1));
+    p.push(c(LD_W_ABS, ip + 16));
+    p.push(c(LDX_MEM, 1));
+    p.push(c(XOR_X, 0));
+    p.push(c(LDX_MEM, 0));
+    p.push(c(XOR_X, 0));
+    p.push(c(ST, 1));
+    p.push(c(TXA, 0)); // A = protocol
+    p.jump(c(JEQ_K, TCP), Label::Ports);
+    p.jump_unless(c(JEQ_K, UDP), Label::Mix);
+    p.here(Label::Ports);
+    p.push(c(LD_H_ABS, ip + 6)); // flags, fragment offset
+    p.jump(c(JSET_K, FRAG_OFFSET), Label::Mix); // a later fragment
+    p.push(c(LDX_B_MSH, ip)); // X = header length
+    p.push(c(LD_H_IND, ip)); // source port
+    p.push(c(ST, 2));
+    p.push(c(LD_H_IND, ip + 2)); // destination port
+    p.push(c(LDX_MEM, 2));
+    p.push(c(XOR_X, 0));
+    p.push(c(LDX_MEM, 1));
+    p.push(c(XOR_X, 0));
+    p.push(c(ST, 1));
+    p.jump(c(JA, 0), Label::Mix);
+    // IPv6: X = next header ^ the eight address words (absolute loads leave X alone).
+    p.here(Label::Ipv6);
+    p.push(c(LD_B_ABS, ip + IPV6_NEXT_HEADER));
+    p.push(c(TAX, 0));
+    for word in 0..8 {
+        p.push(c(LD_W_ABS, ip + IPV6_ADDRESSES + 4 * word));
+        p.push(c(XOR_X, 0));
+        p.push(c(TAX, 0));
+    }
+    p.push(c(LD_B_ABS, ip + IPV6_NEXT_HEADER));
+    p.jump(c(JEQ_K, TCP), Label::Ipv6Ports);
+    p.jump_unless(c(JEQ_K, UDP), Label::Ipv6Done);
+    p.here(Label::Ipv6Ports);
+    p.push(c(LD_H_ABS, ip + IPV6_HEADER)); // source port
+    p.push(c(XOR_X, 0));
+    p.push(c(TAX, 0));
+    p.push(c(LD_H_ABS, ip + IPV6_HEADER + 2)); // destination port
+    p.push(c(XOR_X, 0));
+    p.push(c(TAX, 0));
+    p.here(Label::Ipv6Done);
+    p.push(c(TXA, 0));
+    p.push(c(ST, 1));
+    p.here(Label::Mix);
+    p.push(c(LD_MEM, 1));
+    p.push(c(MUL_K, GOLDEN));
+    p.push(c(TAX, 0));
+    p.push(c(RSH_K, 16));
+    p.push(c(XOR_X, 0));
+    p.push(c(AND_K, BUCKET_MASK));
+    p.push(c(MOD_K, sockets.max(1)));
+    p.push(c(RET_A, 0));
+    p.here(Label::Ret0);
+    p.push(c(RET_K, 0)); // socket 0
+    p.finish(|insn, distance, taken| {
+        let distance = u8::try_from(distance).expect("a short program");
+        match (insn.code, taken) {
+            (JA, _) => insn.k = u32::from(distance),
+            (_, true) => insn.jt = distance,
+            (_, false) => insn.jf = distance,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -372,6 +551,52 @@ mod tests {
         assert_eq!(bucket(&arp), 0);
     }
 
+    /// An IPv6 frame from `fd00:1::1` to `fd00:2::2` with `next` as its next header and the
+    /// ports right behind the fixed header.
+    fn frame6(next: u8, sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 8];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[20] = next;
+        f[22..38].copy_from_slice(&"fd00:1::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        f[38..54].copy_from_slice(&"fd00:2::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        f[54..56].copy_from_slice(&sport.to_be_bytes());
+        f[56..58].copy_from_slice(&dport.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn ipv6_flows_hash_on_addresses_and_ports() {
+        let f = frame6(6, 41000, 5201);
+        let mut back = f.clone();
+        let (a, b) = back[22..54].split_at_mut(16);
+        a.swap_with_slice(b);
+        let (s, d) = back[54..58].split_at_mut(2);
+        s.swap_with_slice(d);
+        assert_eq!(bucket(&f), bucket(&back), "both directions");
+        let (a, b) = ("fd00:1::1".parse().unwrap(), "fd00:2::2".parse().unwrap());
+        assert_eq!(bucket(&f), ipv6_flow_bucket(a, b, 6, 41000, 5201));
+        assert_eq!(bucket(&f), ipv6_flow_bucket(b, a, 6, 5201, 41000));
+        // The addresses' 32-bit words: only the first and last of each are not zero.
+        let addresses = [0xfd00_0001u32, 1, 0xfd00_0002, 2]
+            .iter()
+            .fold(0, |h, w| h ^ w);
+        let h = addresses ^ 6 ^ (41000 ^ 5201);
+        assert_eq!(u32::from(bucket(&f)), mix(h) & BUCKET_MASK);
+        // Another port: another flow (almost always another bucket).
+        assert_ne!(bucket(&f), bucket(&frame6(6, 41001, 5201)));
+        // Extension headers (here a fragment header) or ICMPv6: addresses and next header.
+        for next in [44, 58] {
+            assert_eq!(
+                u32::from(bucket(&frame6(next, 41000, 5201))),
+                mix(addresses ^ u32::from(next)) & BUCKET_MASK
+            );
+            assert_eq!(bucket(&frame6(next, 1, 2)), bucket(&frame6(next, 3, 4)));
+        }
+        assert_eq!(bucket(&f[..57]), 0, "ports cut off");
+        assert_eq!(bucket(&frame6(58, 0, 0)[..53]), 0, "address cut off");
+    }
+
     #[test]
     fn programs_have_their_jump_targets_in_range() {
         let e = tap_program(2);
@@ -383,12 +608,12 @@ mod tests {
         }
         let c = reuseport_program(2);
         for (pc, insn) in c.iter().enumerate() {
-            if insn.code & 0x07 == 0x05 {
-                assert!(
-                    pc + 1 + usize::from(insn.jt.max(insn.jf)) < c.len(),
-                    "insn {pc}"
-                );
-            }
+            let furthest = match insn.code {
+                cbpf::JA => insn.k as usize,
+                code if code & 0x07 == 0x05 => usize::from(insn.jt.max(insn.jf)),
+                _ => continue,
+            };
+            assert!(pc + 1 + furthest < c.len(), "insn {pc}");
         }
     }
 }

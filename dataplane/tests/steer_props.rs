@@ -62,6 +62,7 @@ fn run_cbpf(program: &[SockFilter], data: &[u8]) -> u32 {
             0x94 => a %= k,
             0x07 => x = a,
             0x87 => a = x,
+            0x05 => pc += k as usize,
             0x15 => pc += usize::from(if a == k { jt } else { jf }),
             0x45 => pc += usize::from(if a & k != 0 { jt } else { jf }),
             0x16 => return a,
@@ -71,9 +72,13 @@ fn run_cbpf(program: &[SockFilter], data: &[u8]) -> u32 {
     }
 }
 
-/// Frames around the interesting cases: IPv4 or not, TCP/UDP/other, first or later fragments,
-/// any header length, cut anywhere.
+/// Frames around the interesting cases: IPv4, IPv6 or neither, TCP/UDP/other, first or later
+/// fragments, any IPv4 header length, cut anywhere.
 fn frames() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![3 => ipv4_frames(), 2 => ipv6_frames()]
+}
+
+fn ipv4_frames() -> impl Strategy<Value = Vec<u8>> {
     (
         prop_oneof![4 => Just(0x0800u16), 1 => any::<u16>()],
         prop_oneof![2 => Just(6u8), 2 => Just(17u8), 1 => any::<u8>()],
@@ -87,6 +92,23 @@ fn frames() -> impl Strategy<Value = Vec<u8>> {
             bytes[14] = 0x40 | ihl;
             bytes[20..22].copy_from_slice(&frag.to_be_bytes());
             bytes[23] = proto;
+            bytes.truncate(cut.min(bytes.len()));
+            bytes
+        })
+}
+
+/// IPv6 frames: TCP, UDP, a fragment header or anything as the next header, cut anywhere.
+fn ipv6_frames() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop_oneof![4 => Just(0x86ddu16), 1 => any::<u16>()],
+        prop_oneof![2 => Just(6u8), 2 => Just(17u8), 1 => Just(44u8), 1 => any::<u8>()],
+        proptest::collection::vec(any::<u8>(), 80),
+        0usize..100,
+    )
+        .prop_map(|(ethertype, next, mut bytes, cut)| {
+            bytes[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            bytes[14] = 0x60 | (bytes[14] & 0xf);
+            bytes[20] = next;
             bytes.truncate(cut.min(bytes.len()));
             bytes
         })

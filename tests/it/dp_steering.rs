@@ -2,9 +2,9 @@
 //! each host, in both directions, and the worker is the one the flow hash names; several flows
 //! spread over all workers. Proved with the per-worker counters of `vxnet stats` (and their
 //! `/metrics` twins), with client ports chosen through the same hash so that no run depends on
-//! luck.
+//! luck. IPv4 and IPv6 flows alike.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,12 +36,15 @@ fn delta(after: &[[u64; 4]], before: &[[u64; 4]]) -> Vec<[u64; 4]> {
         .collect()
 }
 
-/// A client port from `from` on whose flow to `dst:dport` lands on `worker`.
-fn port_on(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, worker: usize, from: u16) -> u16 {
+/// A client port from `from` on whose TCP flow from `src` to `dst:dport` lands on `worker`.
+fn port_on(src: IpAddr, dst: IpAddr, dport: u16, worker: usize, from: u16) -> u16 {
+    let bucket = |p| match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => steer::ipv4_flow_bucket(s, d, 6, p, dport),
+        (IpAddr::V6(s), IpAddr::V6(d)) => steer::ipv6_flow_bucket(s, d, 6, p, dport),
+        _ => panic!("{src} and {dst} are of one family"),
+    };
     (from..)
-        .find(|&p| {
-            steer::worker_of(steer::ipv4_flow_bucket(src, dst, 6, p, dport), WORKERS) == worker
-        })
+        .find(|&p| steer::worker_of(bucket(p), WORKERS) == worker)
         .expect("a port on every worker")
 }
 
@@ -77,7 +80,7 @@ impl Drop for Servers {
 
 /// Runs one iperf3 client per (client port, server port) at once, `args` added; retries a
 /// client that raced its server's listen. Returns the received Gbit/s of each.
-fn iperf3_clients(ns: &str, server: Ipv4Addr, flows: &[(u16, u16)], args: &str) -> Vec<f64> {
+fn iperf3_clients(ns: &str, server: IpAddr, flows: &[(u16, u16)], args: &str) -> Vec<f64> {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let children: Vec<_> = flows
@@ -148,17 +151,36 @@ fn one_flow_per_worker(
         assert_eq!(s.get("steering.taps_steered"), Some(&1), "{s:?}");
         assert_eq!(s.get("steering.taps_automatic"), Some(&0), "{s:?}");
     }
-    let _servers = Servers::start(&c2, &[5201]);
-    // Two flows per worker, one after the other: a placement that ignored the hash would
-    // have to guess right four times on each host.
+    flows_on_their_workers(
+        cluster,
+        network,
+        (&c1, src.into()),
+        (&c2, dst.into()),
+        bytes,
+    );
+    (c1, c2, src, dst)
+}
+
+/// Two flows per worker from `client` to `server` (a namespace and its address), one after the
+/// other, with client ports chosen to land on that worker: on both hosts, all of each flow's
+/// work, both directions, is on its worker. A placement that ignored the hash would have to
+/// guess right four times on each host.
+fn flows_on_their_workers(
+    cluster: &Cluster,
+    network: &str,
+    (c1, src): (&str, IpAddr),
+    (c2, dst): (&str, IpAddr),
+    bytes: &str,
+) {
+    let _servers = Servers::start(c2, &[5201]);
     for (n, worker) in (0..2 * WORKERS).map(|n| (n as u16, n % WORKERS)) {
         let cport = port_on(src, dst, 5201, worker, 40000 + 100 * n);
         let before: Vec<_> = cluster.agents.iter().map(per_worker).collect();
-        let gbps = iperf3_clients(&c1, dst, &[(cport, 5201)], &format!("-n {bytes}"));
+        let gbps = iperf3_clients(c1, dst, &[(cport, 5201)], &format!("-n {bytes}"));
         let after: Vec<_> = cluster.agents.iter().map(per_worker).collect();
         let (h1, h2) = (delta(&after[0], &before[0]), delta(&after[1], &before[1]));
         eprintln!(
-            "dp_steering: {network}: flow {src}:{cport} → {dst}:5201 (worker {worker}), \
+            "dp_steering: {network}: flow [{src}]:{cport} → [{dst}]:5201 (worker {worker}), \
              {gbps:.2?} Gbit/s; per worker [tap read, udp rx, tap written, udp sent]: \
              h1 {h1:?}, h2 {h2:?}"
         );
@@ -172,7 +194,6 @@ fn one_flow_per_worker(
         }
     }
     assert_none_elsewhere(cluster);
-    (c1, c2, src, dst)
 }
 
 /// No datagram reached another worker than its flow's (a GRO train mixing flows would).
@@ -204,7 +225,8 @@ fn two_hosts(tag: &str, extra: &[&str]) -> Cluster {
 }
 
 /// Offload on (the default), two workers: each flow stays on its hash's worker on both hosts;
-/// then four flows at once, two per worker, keep every worker of both hosts busy.
+/// then four flows at once, two per worker, keep every worker of both hosts busy; then IPv6
+/// flows stay on their workers too.
 #[test]
 fn flows_stay_on_their_worker_and_spread() {
     if !require_root("flows_stay_on_their_worker_and_spread") {
@@ -217,8 +239,9 @@ fn flows_stay_on_their_worker_and_spread() {
     let flows: Vec<(u16, u16)> = (0..4u16)
         .map(|i| {
             let server = 5211 + i;
+            let worker = usize::from(i) % WORKERS;
             (
-                port_on(src, dst, server, usize::from(i) % WORKERS, 41000 + 50 * i),
+                port_on(src.into(), dst.into(), server, worker, 41000 + 50 * i),
                 server,
             )
         })
@@ -226,7 +249,7 @@ fn flows_stay_on_their_worker_and_spread() {
     let servers: Vec<u16> = flows.iter().map(|f| f.1).collect();
     let _servers = Servers::start(&c2, &servers);
     let before: Vec<_> = cluster.agents.iter().map(per_worker).collect();
-    let gbps = iperf3_clients(&c1, dst, &flows, "-t 3");
+    let gbps = iperf3_clients(&c1, dst.into(), &flows, "-t 3");
     let after: Vec<_> = cluster.agents.iter().map(per_worker).collect();
     let (h1, h2) = (delta(&after[0], &before[0]), delta(&after[1], &before[1]));
     eprintln!(
@@ -267,6 +290,26 @@ fn flows_stay_on_their_worker_and_spread() {
     assert!(
         text.contains("vxnet_steering_taps{mode=\"steered\"} 1"),
         "{text}"
+    );
+
+    // IPv6: addresses of this test's own on the containers (the overlay floods the neighbor
+    // solicitation and carries the rest); the hash reads the IPv6 tuple.
+    let (src6, dst6): (Ipv6Addr, Ipv6Addr) =
+        ("fd61::1".parse().unwrap(), "fd61::2".parse().unwrap());
+    for (c, a) in [(&c1, src6), (&c2, dst6)] {
+        let out = cluster.exec(c, &format!("ip -6 addr add {a}/64 dev eth0 nodad"));
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    wait_for("the first IPv6 ping", Duration::from_secs(20), || {
+        let out = cluster.exec(&c1, &format!("ping -6 -c 1 -W 1 {dst6}"));
+        out.status.success().then_some(())
+    });
+    flows_on_their_workers(
+        &cluster,
+        "steer (IPv6)",
+        (&c1, src6.into()),
+        (&c2, dst6.into()),
+        "32M",
     );
 }
 

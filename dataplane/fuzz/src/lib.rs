@@ -566,18 +566,22 @@ pub fn steer_bucket(data: &[u8]) {
     let bucket = steer::bucket(data);
     assert!(u32::from(bucket) <= steer::BUCKET_MASK);
     assert!(steer::worker_of(bucket, 1 + usize::from(byte(data, 0) % 8)) < 8);
+    let ipv6 = data.get(12..14) == Some(&[0x86, 0xdd][..]);
     let ihl = usize::from(byte(data, 14) & 0xf) * 4;
-    if data.len() >= 14 + ihl + 4 && data.len() >= 34 {
+    // Where the addresses are (source then destination, each `len` bytes) and the ports.
+    let (addresses, len, l4) = if ipv6 {
+        (22, 16, 54)
+    } else {
+        (26, 4, 14 + ihl)
+    };
+    // Ports behind the addresses (with a shorter IPv4 header they would overlap the fields the
+    // hash reads, and swapping them would make another flow).
+    if data.len() >= l4 + 4 && l4 >= addresses + 2 * len {
         let mut other = data.to_vec();
-        let (src, dst) = other[26..34].split_at_mut(4);
+        let (src, dst) = other[addresses..addresses + 2 * len].split_at_mut(len);
         src.swap_with_slice(dst);
-        let l4 = 14 + ihl;
-        // Ports behind the addresses (with a shorter header they would overlap the fields
-        // the hash reads, and swapping them would make another flow).
-        if l4 >= 34 {
-            let (sport, dport) = other[l4..l4 + 4].split_at_mut(2);
-            sport.swap_with_slice(dport);
-            assert_eq!(steer::bucket(&other), bucket, "both directions of a flow");
-        }
+        let (sport, dport) = other[l4..l4 + 4].split_at_mut(2);
+        sport.swap_with_slice(dport);
+        assert_eq!(steer::bucket(&other), bucket, "both directions of a flow");
     }
 }

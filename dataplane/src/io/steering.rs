@@ -2,7 +2,7 @@
 //!
 //! The TAP's program is eBPF and goes through `bpf(2)` (`BPF_PROG_LOAD`, which needs
 //! `CAP_BPF` or `CAP_SYS_ADMIN`); the reuseport group's is classic BPF, attached with a plain
-//! `setsockopt`. Raw system calls: the two programs are 33 and 35 fixed instructions, and a BPF
+//! `setsockopt`. Raw system calls: the two programs are 61 and 74 fixed instructions, and a BPF
 //! loader crate would bring an object-file loader and a toolchain for what is one `bpf(2)` call.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
