@@ -46,7 +46,7 @@ pub fn bucket(frame: &[u8]) -> u16 {
 
 /// The bucket [`bucket`] gives the frames of an unfragmented IPv4 TCP (6) or UDP (17) flow
 /// from `src:sport` to `dst:dport` (either direction): lets tools and tests pick ports that
-/// land on given workers.
+/// land on given workers. The ports count whatever `protocol` is: give TCP or UDP.
 pub fn ipv4_flow_bucket(
     src: std::net::Ipv4Addr,
     dst: std::net::Ipv4Addr,
@@ -58,7 +58,9 @@ pub fn ipv4_flow_bucket(
     (mix(h) & BUCKET_MASK) as u16
 }
 
-/// [`ipv4_flow_bucket`] for an IPv6 flow without extension headers.
+/// The bucket [`bucket`] gives the frames of an IPv6 flow without extension headers (either
+/// direction); the ports count only when `next_header` is TCP (6) or UDP (17), as in the
+/// frames.
 pub fn ipv6_flow_bucket(
     src: std::net::Ipv6Addr,
     dst: std::net::Ipv6Addr,
@@ -66,11 +68,10 @@ pub fn ipv6_flow_bucket(
     sport: u16,
     dport: u16,
 ) -> u16 {
+    // The XOR of the address's four 32-bit words.
     let words = |a: std::net::Ipv6Addr| {
-        let o = a.octets();
-        (0..4).fold(0u32, |h, i| {
-            h ^ u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
-        })
+        let x = u128::from(a);
+        (x ^ x >> 32 ^ x >> 64 ^ x >> 96) as u32
     };
     let mut h = words(src) ^ words(dst) ^ u32::from(next_header);
     if u32::from(next_header) == TCP || u32::from(next_header) == UDP {
@@ -181,8 +182,9 @@ mod ebpf {
 ///
 /// The TAP truncates the result to 16 bits and takes it modulo its queue count itself; the
 /// program does the modulo so both are no-ops. `LD_ABS`/`LD_IND` need the context in r6 and
-/// clobber r1–r5, so the state lives in r7 (hash), r8 (protocol, then ports) and r9 (IPv4
-/// header length, IPv6 ports); a load past the end of the frame ends the program with 0.
+/// clobber r1–r5, so the state lives in r7 (hash), r8 (IPv4 protocol, then ports; IPv6 next
+/// header) and r9 (IPv4 header length; IPv6 ports); a load past the end of the frame ends the
+/// program with 0.
 pub fn tap_program(queues: u32) -> Vec<BpfInsn> {
     ebpf_program(0, queues)
 }
@@ -216,13 +218,17 @@ struct Layout<T> {
 impl<T> Layout<T> {
     fn new() -> Self {
         Layout {
-            insns: Vec::with_capacity(64),
+            insns: Vec::with_capacity(80),
             labels: Vec::new(),
             jumps: Vec::new(),
         }
     }
 
     fn here(&mut self, label: Label) {
+        assert!(
+            self.labels.iter().all(|(l, _)| *l != label),
+            "{label:?} placed once"
+        );
         self.labels.push((label, self.insns.len()));
     }
 
@@ -327,7 +333,10 @@ pub fn ebpf_program(eth: u32, modulo: u32) -> Vec<BpfInsn> {
     p.here(Label::Ret0);
     p.push(insn(MOV64_K, 0, 0, 0, 0));
     p.push(insn(EXIT, 0, 0, 0, 0));
-    p.finish(|insn, distance, _| insn.off = distance as i16)
+    p.finish(|insn, distance, taken| {
+        assert!(taken, "an eBPF jump is taken when its condition holds");
+        insn.off = distance as i16;
+    })
 }
 
 /// One classic BPF instruction, as `struct sock_filter` lays it out.
@@ -598,6 +607,13 @@ mod tests {
     }
 
     #[test]
+    fn programs_have_their_documented_lengths() {
+        // README, the design note and `io::steering` give these counts.
+        assert_eq!(tap_program(2).len(), 61);
+        assert_eq!(reuseport_program(2).len(), 74);
+    }
+
+    #[test]
     fn programs_have_their_jump_targets_in_range() {
         let e = tap_program(2);
         for (pc, insn) in e.iter().enumerate() {
@@ -609,7 +625,13 @@ mod tests {
         let c = reuseport_program(2);
         for (pc, insn) in c.iter().enumerate() {
             let furthest = match insn.code {
-                cbpf::JA => insn.k as usize,
+                cbpf::JA => {
+                    // Its only jump goes to the mix, whose first instruction loads M1 (one
+                    // further would compute the same, unseen by the agreement tests).
+                    let target = pc + 1 + insn.k as usize;
+                    assert_eq!(c[target].code, cbpf::LD_MEM, "insn {pc} jumps to the mix");
+                    insn.k as usize
+                }
                 code if code & 0x07 == 0x05 => usize::from(insn.jt.max(insn.jf)),
                 _ => continue,
             };

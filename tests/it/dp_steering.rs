@@ -196,6 +196,30 @@ fn flows_on_their_workers(
     assert_none_elsewhere(cluster);
 }
 
+/// [`flows_on_their_workers`] over IPv6: addresses of this test's own (`<prefix>::1`, `::2`) on
+/// the containers' interfaces (the overlay floods the neighbor solicitation and carries the
+/// rest); the hash reads the IPv6 tuple.
+fn ipv6_flows_on_their_workers(
+    cluster: &Cluster,
+    network: &str,
+    (c1, c2): (&str, &str),
+    prefix: &str,
+    bytes: &str,
+) {
+    let src: Ipv6Addr = format!("{prefix}::1").parse().unwrap();
+    let dst: Ipv6Addr = format!("{prefix}::2").parse().unwrap();
+    for (c, a) in [(c1, src), (c2, dst)] {
+        let out = cluster.exec(c, &format!("ip -6 addr add {a}/64 dev eth0 nodad"));
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    wait_for("the first IPv6 ping", Duration::from_secs(20), || {
+        let out = cluster.exec(c1, &format!("ping -6 -c 1 -W 1 {dst}"));
+        out.status.success().then_some(())
+    });
+    let network = format!("{network} (IPv6)");
+    flows_on_their_workers(cluster, &network, (c1, src.into()), (c2, dst.into()), bytes);
+}
+
 /// No datagram reached another worker than its flow's (a GRO train mixing flows would).
 fn assert_none_elsewhere(cluster: &Cluster) {
     for agent in &cluster.agents {
@@ -292,33 +316,17 @@ fn flows_stay_on_their_worker_and_spread() {
         "{text}"
     );
 
-    // IPv6: addresses of this test's own on the containers (the overlay floods the neighbor
-    // solicitation and carries the rest); the hash reads the IPv6 tuple.
-    let (src6, dst6): (Ipv6Addr, Ipv6Addr) =
-        ("fd61::1".parse().unwrap(), "fd61::2".parse().unwrap());
-    for (c, a) in [(&c1, src6), (&c2, dst6)] {
-        let out = cluster.exec(c, &format!("ip -6 addr add {a}/64 dev eth0 nodad"));
-        assert!(out.status.success(), "{}", output_text(&out));
-    }
-    wait_for("the first IPv6 ping", Duration::from_secs(20), || {
-        let out = cluster.exec(&c1, &format!("ping -6 -c 1 -W 1 {dst6}"));
-        out.status.success().then_some(())
-    });
-    flows_on_their_workers(
-        &cluster,
-        "steer (IPv6)",
-        (&c1, src6.into()),
-        (&c2, dst6.into()),
-        "32M",
-    );
+    ipv6_flows_on_their_workers(&cluster, "steer", (&c1, &c2), "fd61", "32M");
 }
 
-/// `--offload off`: the plain path (a frame per system call) is steered the same way.
+/// `--offload off`: the plain path (a frame per system call) is steered the same way, IPv4 and
+/// IPv6.
 #[test]
 fn plain_path_flows_stay_on_their_worker() {
     if !require_root("plain_path_flows_stay_on_their_worker") {
         return;
     }
     let mut cluster = two_hosts("sp", &["--offload", "off"]);
-    one_flow_per_worker(&mut cluster, "plain", "10.62.0.0/24", "8M");
+    let (c1, c2, _, _) = one_flow_per_worker(&mut cluster, "plain", "10.62.0.0/24", "8M");
+    ipv6_flows_on_their_workers(&cluster, "plain", (&c1, &c2), "fd62", "8M");
 }
