@@ -41,7 +41,7 @@ const FRAG_OFFSET: u32 = 0x1fff;
 
 /// The steering bucket of an Ethernet frame (`0..=0x3fff`).
 pub fn bucket(frame: &[u8]) -> u16 {
-    tuple_hash(frame).map_or(0, |h| (mix(h) & BUCKET_MASK) as u16)
+    tuple_hash(frame).map_or(0, bucket_of)
 }
 
 /// The bucket [`bucket`] gives the frames of an unfragmented IPv4 TCP (6) or UDP (17) flow
@@ -55,7 +55,7 @@ pub fn ipv4_flow_bucket(
     dport: u16,
 ) -> u16 {
     let h = u32::from(src) ^ u32::from(dst) ^ u32::from(protocol) ^ u32::from(sport ^ dport);
-    (mix(h) & BUCKET_MASK) as u16
+    bucket_of(h)
 }
 
 /// The bucket [`bucket`] gives the frames of an IPv6 flow without extension headers (either
@@ -77,12 +77,17 @@ pub fn ipv6_flow_bucket(
     if u32::from(next_header) == TCP || u32::from(next_header) == UDP {
         h ^= u32::from(sport ^ dport);
     }
-    (mix(h) & BUCKET_MASK) as u16
+    bucket_of(h)
 }
 
 /// The worker of `bucket` among `workers` (at least one).
 pub fn worker_of(bucket: u16, workers: usize) -> usize {
     usize::from(bucket) % workers.max(1)
+}
+
+/// The bucket of a tuple hash: mixed, then its low 14 bits.
+fn bucket_of(h: u32) -> u16 {
+    (mix(h) & BUCKET_MASK) as u16
 }
 
 fn mix(h: u32) -> u32 {

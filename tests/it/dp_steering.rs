@@ -212,10 +212,7 @@ fn ipv6_flows_on_their_workers(
         let out = cluster.exec(c, &format!("ip -6 addr add {a}/64 dev eth0 nodad"));
         assert!(out.status.success(), "{}", output_text(&out));
     }
-    wait_for("the first IPv6 ping", Duration::from_secs(20), || {
-        let out = cluster.exec(c1, &format!("ping -6 -c 1 -W 1 {dst}"));
-        out.status.success().then_some(())
-    });
+    cluster.wait_ping("the first IPv6 ping", c1, &dst.to_string());
     let network = format!("{network} (IPv6)");
     flows_on_their_workers(cluster, &network, (c1, src.into()), (c2, dst.into()), bytes);
 }
